@@ -1,0 +1,41 @@
+"""Postgres access: an async engine bound to the service's own schema, through its own role."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from chassis.config import ServiceSettings
+
+
+def create_engine(
+    database_url: str, schema: str, *, application_name: str, pool_size: int = 10
+) -> AsyncEngine:
+    """Every connection's search_path is the service schema, so SQL never names it."""
+    return create_async_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={
+            "server_settings": {"search_path": schema, "application_name": application_name}
+        },
+    )
+
+
+def engine_for(settings: ServiceSettings) -> AsyncEngine:
+    return create_engine(
+        settings.database_url,
+        settings.schema,
+        application_name=f"dwf-{settings.service}",
+        pool_size=settings.db_pool_size,
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))

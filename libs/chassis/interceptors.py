@@ -1,0 +1,186 @@
+"""Server interceptors every service gets: correlation id, logging, metrics, deadline, errors.
+
+They are one wrapper applied in a fixed order (cheaper on the checkout hot path than four
+layers): correlation id → access log + metrics → deadline → error mapping. OpenTelemetry's own
+interceptor sits outside it so logs carry the trace id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+from prometheus_client import Counter, Histogram
+
+from chassis.context import CORRELATION_ID_HEADER, correlation_id_var, new_id
+from chassis.errors import DomainError, status_for
+
+log = logging.getLogger("dwf.grpc")
+
+RPC_HANDLED = Counter(
+    "dwf_grpc_server_handled_total", "RPCs completed, by method and code", ["method", "code"]
+)
+RPC_SECONDS = Histogram(
+    "dwf_grpc_server_handling_seconds",
+    "RPC handling time",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+_QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+Behavior = Callable[..., Any]
+
+
+def _correlation_from(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CORRELATION_ID_HEADER and value:
+            return str(value)
+    return new_id()
+
+
+class ChassisInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, domain: str, default_deadline_seconds: float) -> None:
+        self.domain = domain
+        self.default_deadline = default_deadline_seconds
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        quiet = method.startswith(_QUIET_PREFIXES)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method, quiet),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, quiet),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method, quiet),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, method, quiet),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_unary(self, behavior: Behavior, method: str, quiet: bool) -> Behavior:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = self._begin(context)
+            code = grpc.StatusCode.OK
+            try:
+                remaining = context.time_remaining()
+                timeout = (
+                    self.default_deadline
+                    if remaining is None
+                    else min(remaining, self.default_deadline)
+                )
+                async with asyncio.timeout(timeout):
+                    return await behavior(request, context)
+            except BaseException as exc:  # noqa: BLE001 - mapped below, re-raised if not ours
+                code = self._code_of(exc, context)
+                await self._abort(exc, code, context, method)
+                raise
+            finally:
+                self._end(method, code, started, quiet)
+
+        return wrapped
+
+    def _wrap_stream(self, behavior: Behavior, method: str, quiet: bool) -> Behavior:
+        # Streams (WatchOrder) may live for hours: only the client's own deadline applies.
+        async def wrapped(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            started = self._begin(context)
+            code = grpc.StatusCode.OK
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:  # noqa: BLE001
+                code = self._code_of(exc, context)
+                await self._abort(exc, code, context, method)
+                raise
+            finally:
+                self._end(method, code, started, quiet)
+
+        return wrapped
+
+    def _begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        correlation_id = _correlation_from(context)
+        correlation_id_var.set(correlation_id)
+        context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
+        return time.perf_counter()
+
+    def _end(self, method: str, code: grpc.StatusCode, started: float, quiet: bool) -> None:
+        elapsed = time.perf_counter() - started
+        RPC_HANDLED.labels(method, code.name).inc()
+        RPC_SECONDS.labels(method).observe(elapsed)
+        if code is grpc.StatusCode.OK:
+            if not quiet:
+                log.debug("rpc %s OK in %.2f ms", method, elapsed * 1000)
+        elif code is grpc.StatusCode.INTERNAL:
+            log.error("rpc %s INTERNAL in %.2f ms", method, elapsed * 1000)
+        else:
+            log.info("rpc %s %s in %.2f ms", method, code.name, elapsed * 1000)
+
+    @staticmethod
+    def _code_of(
+        exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> grpc.StatusCode:
+        if isinstance(exc, DomainError):
+            return exc.code
+        if isinstance(exc, NotImplementedError):
+            return grpc.StatusCode.UNIMPLEMENTED
+        if isinstance(exc, TimeoutError):
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        if isinstance(exc, grpc.aio.AbortError):
+            return context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[no-any-return]
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            return grpc.StatusCode.CANCELLED
+        return grpc.StatusCode.INTERNAL
+
+    async def _abort(
+        self,
+        exc: BaseException,
+        code: grpc.StatusCode,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+    ) -> None:
+        """Abort the call with a rich status for ``exc``; returns only for foreign errors."""
+        if isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError | GeneratorExit):
+            return
+        if isinstance(exc, DomainError):
+            status = exc.to_status(domain=self.domain)
+        elif code is grpc.StatusCode.UNIMPLEMENTED:
+            status = status_for(code, f"{method} is not implemented yet", "UNIMPLEMENTED", self.domain)
+        elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            status = status_for(code, "deadline exceeded", "DEADLINE_EXCEEDED", self.domain)
+        else:
+            log.exception("unhandled error in %s", method, exc_info=exc)
+            status = status_for(code, "internal error", "INTERNAL", self.domain)
+        grpc_status = rpc_status.to_status(status)
+        # Keep the correlation id next to the status details in the trailers.
+        trailers = (
+            *grpc_status.trailing_metadata,
+            (CORRELATION_ID_HEADER, correlation_id_var.get() or ""),
+        )
+        await context.abort(code, grpc_status.details, trailers)

@@ -1,0 +1,210 @@
+"""Transactional outbox: record an event in the same transaction as the state change, and a
+relay that publishes recorded events to JetStream in order.
+
+* Ordering: each event takes the next per-aggregate sequence from ``aggregate_sequence`` (the
+  row lock serialises writers of one aggregate), and the relay publishes in ``position`` order
+  while holding a per-schema advisory lock, so one relay publishes at a time and an aggregate's
+  events reach the stream in sequence order.
+* Safety with several relays: the advisory lock is taken with ``pg_try_``: the other relays
+  simply find nothing to do until the holder's batch commits.
+* Exactly-once effect: the relay publishes with ``Nats-Msg-Id`` = event id, so a relay that dies
+  between publish and mark-sent leads to a republish the stream drops as a duplicate (and a
+  consumer's inbox drops it if the duplicate window has passed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+from nats.js import JetStreamContext
+from opentelemetry import trace
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from chassis.context import causation_id_var, correlation_id_var, new_id
+from chassis.events import (
+    HEADER_CORRELATION_ID,
+    HEADER_EVENT_TYPE,
+    HEADER_MSG_ID,
+    event_type,
+    subject_for,
+)
+from chassis.schema import aggregate_sequence, outbox
+from chassis.telemetry import extract_context, inject_headers
+from dwf.events.v1 import envelope_pb2
+
+log = logging.getLogger("dwf.outbox")
+tracer = trace.get_tracer("dwf.outbox")
+
+
+def notify_channel(schema: str) -> str:
+    return f"dwf_outbox_{schema}"
+
+
+class EventRecorder:
+    """Writes events into the outbox of the producing service, inside the caller's transaction."""
+
+    def __init__(self, producer: str, schema: str) -> None:
+        self.producer = producer
+        self.channel = notify_channel(schema)
+
+    async def record(
+        self,
+        session: AsyncSession,
+        *,
+        aggregate_type: str,
+        aggregate_id: str,
+        payload: Message,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> envelope_pb2.EventEnvelope:
+        sequence = await session.scalar(
+            insert(aggregate_sequence)
+            .values(aggregate_type=aggregate_type, aggregate_id=aggregate_id, last_sequence=1)
+            .on_conflict_do_update(
+                index_elements=["aggregate_type", "aggregate_id"],
+                set_={"last_sequence": aggregate_sequence.c.last_sequence + 1},
+            )
+            .returning(aggregate_sequence.c.last_sequence)
+        )
+        assert sequence is not None
+        envelope = envelope_pb2.EventEnvelope(
+            id=new_id(),
+            type=event_type(payload),
+            occurred_at=_now(),
+            producer=self.producer,
+            correlation_id=correlation_id or correlation_id_var.get() or new_id(),
+            causation_id=causation_id or causation_id_var.get() or "",
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            sequence=sequence,
+        )
+        envelope.payload.Pack(payload)
+        headers = {
+            HEADER_EVENT_TYPE: envelope.type,
+            HEADER_CORRELATION_ID: envelope.correlation_id,
+        }
+        inject_headers(headers)  # the trace continues when the relay publishes
+        await session.execute(
+            outbox.insert().values(
+                event_id=envelope.id,
+                subject=subject_for(self.producer, envelope.type),
+                event_type=envelope.type,
+                aggregate_type=aggregate_type,
+                aggregate_id=aggregate_id,
+                sequence=sequence,
+                body=envelope.SerializeToString(),
+                headers=headers,
+            )
+        )
+        # Delivered at commit: wakes the relay without polling latency.
+        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
+        return envelope
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+PublishedHook = Callable[[str], Awaitable[None]]
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        js: JetStreamContext,
+        schema: str,
+        *,
+        batch_size: int = 100,
+        poll_interval: float = 1.0,
+        after_publish: PublishedHook | None = None,
+    ) -> None:
+        self.engine = engine
+        self.js = js
+        self.schema = schema
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        # Test seam: runs after a message is acknowledged by the stream, before mark-sent.
+        self.after_publish = after_publish
+        self._wake = asyncio.Event()
+
+    async def relay_batch(self) -> int:
+        """Publish up to one batch; 0 when there is nothing to do or another relay holds it."""
+        async with self.engine.begin() as conn:
+            locked = await conn.scalar(
+                select(func.pg_try_advisory_xact_lock(func.hashtext(f"dwf-relay:{self.schema}")))
+            )
+            if not locked:
+                return 0
+            rows = (
+                await conn.execute(
+                    select(outbox.c.position, outbox.c.event_id, outbox.c.subject,
+                           outbox.c.body, outbox.c.headers)
+                    .where(outbox.c.published_at.is_(None))
+                    .order_by(outbox.c.position)
+                    .limit(self.batch_size)
+                )
+            ).all()
+            for row in rows:
+                await self._publish(conn, row)
+            if rows:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.position.in_([row.position for row in rows]))
+                    .values(published_at=func.now())
+                )
+            return len(rows)
+
+    async def _publish(self, conn: AsyncConnection, row: Any) -> None:
+        headers: dict[str, str] = dict(row.headers)
+        parent = extract_context(headers)
+        with tracer.start_as_current_span(
+            f"publish {row.subject}", context=parent, kind=trace.SpanKind.PRODUCER
+        ):
+            inject_headers(headers)
+            headers[HEADER_MSG_ID] = row.event_id
+            await self.js.publish(row.subject, row.body, headers=headers)
+        if self.after_publish is not None:
+            await self.after_publish(row.event_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with self.engine.connect() as listen_conn:
+            raw = await listen_conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            channel = notify_channel(self.schema)
+            await driver.add_listener(channel, self._on_notify)
+            try:
+                while not stop.is_set():
+                    self._wake.clear()
+                    try:
+                        published = await self.relay_batch()
+                    except Exception:
+                        log.exception("outbox relay batch failed; retrying")
+                        published = 0
+                    if published >= self.batch_size:
+                        continue
+                    await _wait_any(self._wake, stop, timeout=self.poll_interval)
+            finally:
+                await driver.remove_listener(channel, self._on_notify)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+
+async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,233 @@
+"""Service bootstrap: one grpc.aio server with health, reflection, interceptors, TLS, the
+outbox relay and the event consumers, wired the same way for every service.
+
+Health starts NOT_SERVING; it turns SERVING only once Postgres answers and NATS is connected
+(with the service's streams declared), goes back to NOT_SERVING when NATS drops, and on
+SIGTERM the server drains: NOT_SERVING first, then in-flight calls get the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from prometheus_client import start_http_server
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from chassis import bus, db
+from chassis.config import ServiceSettings
+from chassis.events import DLQ, STREAMS
+from chassis.interceptors import ChassisInterceptor
+from chassis.logs import configure_logging
+from chassis.outbox import EventRecorder, OutboxRelay
+from chassis.telemetry import configure_tracing
+
+log = logging.getLogger("dwf.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Runtime:
+    """What a service's API and handlers use: settings, database, bus, event recorder."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine = db.engine_for(settings)
+        self.sessions: async_sessionmaker[AsyncSession] = db.session_factory(self.engine)
+        self.events = EventRecorder(settings.service, settings.schema)
+        self.nats: NatsClient | None = None
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self.nats is None:
+            raise RuntimeError("NATS is not connected yet")
+        return self.nats.jetstream()
+
+
+Register = Callable[[grpc.aio.Server, Runtime], None]
+Consumers = Callable[[Runtime], Sequence[bus.ConsumerSpec]]
+
+
+def _no_consumers(_: Runtime) -> Sequence[bus.ConsumerSpec]:
+    return ()
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """The few things that differ between services."""
+
+    name: str
+    grpc_services: Sequence[str]  # full names, for health and reflection
+    register: Register
+    consumers: Consumers = field(default=_no_consumers)
+
+
+def _server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials:
+    assert settings.tls_cert_file is not None and settings.tls_key_file is not None
+    ca = settings.tls_ca_file.read_bytes() if settings.tls_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+class ServiceApp:
+    def __init__(self, spec: ServiceSpec, settings: ServiceSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.runtime = Runtime(settings)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[
+                aio_server_interceptor(),
+                ChassisInterceptor(f"dwf.{spec.name}", settings.default_deadline_seconds),
+            ]
+        )
+        self.bound_port = 0
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._dependencies_ready = asyncio.Event()
+
+    @property
+    def health_names(self) -> list[str]:
+        return ["", *self.spec.grpc_services]
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in self.health_names:
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        await self._set_health(NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.spec.register(self.server, self.runtime)
+        reflection.enable_server_reflection(
+            [*self.spec.grpc_services, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        address = f"{self.settings.grpc_host}:{self.settings.port}"
+        if self.settings.tls_enabled:
+            self.bound_port = self.server.add_secure_port(
+                address, _server_credentials(self.settings)
+            )
+        else:
+            self.bound_port = self.server.add_insecure_port(address)
+        await self.server.start()
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port)
+        log.info("%s listening on %s:%d", self.spec.name, self.settings.grpc_host,
+                 self.bound_port)
+        self._tasks.append(asyncio.create_task(self._connect_and_run()))
+
+    async def _connect_and_run(self) -> None:
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(
+                multiplier=0.2, max=self.settings.dependency_retry_max_seconds
+            ),
+            retry=retry_if_exception_type(Exception),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if self._stop.is_set():
+                    return
+                await self._connect()
+        self._dependencies_ready.set()
+        await self._set_health(SERVING)
+        log.info("%s SERVING", self.spec.name)
+        relay = OutboxRelay(
+            self.runtime.engine,
+            self.runtime.js,
+            self.settings.schema,
+            batch_size=self.settings.outbox_batch_size,
+            poll_interval=self.settings.outbox_poll_interval_seconds,
+        )
+        workers = [relay.run(self._stop)]
+        for consumer_spec in self.spec.consumers(self.runtime):
+            consumer = bus.Consumer(
+                consumer_spec,
+                service=self.spec.name,
+                js=self.runtime.js,
+                sessions=self.runtime.sessions,
+                max_deliver=self.settings.consumer_max_deliver,
+                ack_wait_seconds=self.settings.consumer_ack_wait_seconds,
+                backoff_seconds=self.settings.consumer_backoff_seconds,
+            )
+            workers.append(consumer.run(self._stop))
+        await asyncio.gather(*workers)
+
+    async def _connect(self) -> None:
+        await db.ping(self.runtime.engine)
+        if self.runtime.nats is None or self.runtime.nats.is_closed:
+            self.runtime.nats = await bus.connect(
+                self.settings.nats_url,
+                name=f"dwf-{self.spec.name}",
+                user=self.settings.nats_user,
+                password=self.settings.nats_password,
+                on_disconnect=self._on_nats_down,
+                on_reconnect=self._on_nats_up,
+            )
+        js = self.runtime.js
+        await bus.declare_stream(js, STREAMS[self.spec.name])
+        await bus.declare_stream(js, DLQ)
+
+    async def _on_nats_down(self) -> None:
+        if not self._stopping:
+            await self._set_health(NOT_SERVING)
+
+    async def _on_nats_up(self) -> None:
+        if not self._stopping and self._dependencies_ready.is_set():
+            await self._set_health(SERVING)
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING, finish in-flight calls within the grace period, then close."""
+        if self._stopping:
+            return
+        self._stopping = True
+        await self.health.enter_graceful_shutdown()
+        if self.settings.drain_seconds:
+            await asyncio.sleep(self.settings.drain_seconds)  # the drain window itself
+        await self.server.stop(self.settings.shutdown_grace_seconds)
+        # Relay and consumers notice the stop event within a poll; cancel only stragglers.
+        self._stop.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=5)
+            for task in pending:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.runtime.nats is not None and not self.runtime.nats.is_closed:
+            await self.runtime.nats.close()
+        await self.runtime.engine.dispose()
+        log.info("%s stopped", self.spec.name)
+
+    async def wait_until_ready(self, timeout: float) -> None:
+        await asyncio.wait_for(self._dependencies_ready.wait(), timeout)
+
+
+async def serve(spec: ServiceSpec, settings: ServiceSettings) -> None:
+    """Process entrypoint: run until SIGTERM/SIGINT, then shut down gracefully."""
+    configure_logging(spec.name, settings.log_level, settings.log_format)
+    configure_tracing(spec.name)
+    app = ServiceApp(spec, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    await stop.wait()
+    log.info("%s draining", spec.name)
+    await app.stop()

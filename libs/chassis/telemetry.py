@@ -1,0 +1,56 @@
+"""OpenTelemetry set-up from the standard ``OTEL_*`` variables, and W3C context over NATS.
+
+``OTEL_TRACES_EXPORTER`` selects ``otlp`` (with ``OTEL_EXPORTER_OTLP_ENDPOINT``), ``console``
+or ``none`` (the default, so a laptop run prints no spans). ``OTEL_SERVICE_NAME`` overrides the
+service name in the resource.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, MutableMapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+_configured = False
+
+
+def configure_tracing(service: str, *extra_processors: SpanProcessor) -> TracerProvider:
+    """Install the process-wide tracer provider once; later calls return the same one."""
+    global _configured
+    provider = trace.get_tracer_provider()
+    if _configured and isinstance(provider, TracerProvider):
+        for processor in extra_processors:
+            provider.add_span_processor(processor)
+        return provider
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+    provider = TracerProvider(resource=resource)
+    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
+    if exporter_name == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    elif exporter_name == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    for processor in extra_processors:
+        provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    _configured = True
+    return provider
+
+
+def inject_headers(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Write the current trace context (traceparent/tracestate) into message headers."""
+    propagate.inject(headers)
+    return headers
+
+
+def extract_context(headers: Mapping[str, str] | None) -> otel_context.Context:
+    return propagate.extract(dict(headers or {}))
+
+
+tracer = trace.get_tracer("dwf.chassis")

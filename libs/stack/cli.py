@@ -1,0 +1,121 @@
+"""``dwf``: run the local stack, a single service, or its migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chassis.config import SERVICE_NAMES, ServiceSettings
+from stack.scenario import check_services
+from stack.supervisor import Stack, StackSettings
+
+app = typer.Typer(help="dwf — distribution workflow: local stack and service entrypoints.",
+                  no_args_is_help=True)
+console = Console()
+
+ServiceArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}")]
+
+
+def _check_service(name: str) -> str:
+    if name not in SERVICE_NAMES:
+        raise typer.BadParameter(f"unknown service {name!r}; one of {', '.join(SERVICE_NAMES)}")
+    return name
+
+
+@app.command()
+def serve(service: ServiceArg) -> None:
+    """Run one service in the foreground (the container entrypoint)."""
+    module = importlib.import_module(f"services.{_check_service(service)}.main")
+    module.main()
+
+
+@app.command()
+def migrate(service: ServiceArg) -> None:
+    """Apply a service's migrations with its own role (DWF_DATABASE_URL), then exit."""
+    from chassis import db
+    from chassis.migrations import upgrade
+
+    settings = ServiceSettings(service=_check_service(service))  # type: ignore[arg-type]
+
+    async def _run() -> None:
+        engine = db.engine_for(settings)
+        try:
+            await upgrade(engine, settings.service, settings.schema)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(_run())
+    console.print(f"[green]{service}: migrations applied[/green]")
+
+
+def _endpoints_table(stack: Stack) -> Table:
+    table = Table(title="dwf local stack")
+    table.add_column("component")
+    table.add_column("endpoint")
+    for name, service in stack.services.items():
+        table.add_row(name, f"grpc://{service.address}")
+    table.add_row("nats", stack.nats_url)
+    table.add_row("postgres", stack.admin_database_url.split("@")[-1])
+    return table
+
+
+async def _up_until_signal(stack: Stack) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with console.status("starting Postgres, NATS JetStream and the four services..."):
+        await stack.up()
+    console.print(_endpoints_table(stack))
+    console.print("all services SERVING — Ctrl-C stops everything")
+    await stop.wait()
+
+
+@app.command()
+def up() -> None:
+    """Start the whole stack and keep it running until Ctrl-C / SIGTERM."""
+    stack = Stack(StackSettings())
+    try:
+        asyncio.run(_up_until_signal(stack))
+    finally:
+        console.print("stopping...")
+        stack.down()
+        console.print("stopped")
+
+
+async def _demo(stack: Stack) -> bool:
+    with console.status("starting Postgres, NATS JetStream and the four services..."):
+        await stack.up()
+    console.print(_endpoints_table(stack))
+    checks = await check_services({n: s.address for n, s in stack.services.items()})
+    table = Table(title="demo: services")
+    for column in ("service", "address", "health", "reflection lists", "ok"):
+        table.add_column(column)
+    for check in checks:
+        table.add_row(check.service, check.address, check.health, ", ".join(check.reflected),
+                      "[green]yes[/green]" if check.ok else "[red]NO[/red]")
+    console.print(table)
+    return all(check.ok for check in checks) and len(checks) == len(SERVICE_NAMES)
+
+
+@app.command()
+def demo() -> None:
+    """Bring the stack up, run the end-to-end scenario, print a summary, stop, and exit."""
+    stack = Stack(StackSettings())
+    try:
+        ok = asyncio.run(_demo(stack))
+    finally:
+        stack.down()
+    console.print("[bold green]demo passed[/bold green]" if ok else "[bold red]demo FAILED[/bold red]")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    app()

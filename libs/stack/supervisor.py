@@ -1,0 +1,212 @@
+"""``dwf up``: Postgres + NATS (embedded, or external via DWF_DATABASE_URL / DWF_NATS_URL),
+provisioning, migrations, and the four services as separate OS processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from chassis import db
+from chassis.config import DEFAULT_GRPC_PORTS, SERVICE_NAMES
+from chassis.migrations import upgrade
+from stack.natsd import ADMIN_USER, EmbeddedNats
+from stack.postgres import EmbeddedPostgres
+from stack.provision import provision
+
+log = logging.getLogger("dwf.stack")
+
+
+class StackSettings(BaseSettings):
+    """Settings of the local stack (prefix ``DWF_``); see docs/configuration.md."""
+
+    model_config = SettingsConfigDict(env_prefix="DWF_", extra="ignore")
+
+    data_dir: Path = Field(Path(".dwf"), description="Where embedded servers keep their data.")
+    database_url: str | None = Field(
+        None, description="External Postgres (a role that may create roles); else embedded."
+    )
+    nats_url: str | None = Field(None, description="External NATS with JetStream; else embedded.")
+    database_name: str = "dwf"
+    db_role_prefix: str = "dwf_"
+    host: str = "127.0.0.1"
+    order_gateway_port: int = DEFAULT_GRPC_PORTS["order_gateway"]
+    inventory_port: int = DEFAULT_GRPC_PORTS["inventory"]
+    fulfillment_port: int = DEFAULT_GRPC_PORTS["fulfillment"]
+    notifications_port: int = DEFAULT_GRPC_PORTS["notifications"]
+    startup_timeout_seconds: float = 90.0
+    log_level: str = "INFO"
+
+    def port_of(self, service: str) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    address: str
+    process: subprocess.Popen[bytes]
+    log_file: Path
+
+
+@dataclass
+class Stack:
+    settings: StackSettings
+    postgres: EmbeddedPostgres | None = None
+    nats: EmbeddedNats | None = None
+    admin_database_url: str = ""
+    nats_url: str = ""
+    nats_admin: tuple[str, str] | None = None
+    service_database_urls: dict[str, str] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir.resolve()
+
+    async def start_dependencies(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.database_url:
+            self.admin_database_url = self.settings.database_url
+        else:
+            self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
+            await asyncio.to_thread(self.postgres.start)
+            self.admin_database_url = self.postgres.admin_url
+        if self.settings.nats_url:
+            self.nats_url = self.settings.nats_url
+        else:
+            self.nats = EmbeddedNats(self.data_dir / "nats")
+            await asyncio.to_thread(self.nats.start)
+            self.nats_url = self.nats.url
+            admin = self.nats.credentials[ADMIN_USER]
+            self.nats_admin = (admin.user, admin.password)
+
+    async def provision_and_migrate(self) -> None:
+        self.service_database_urls = await provision(
+            self.admin_database_url,
+            self.settings.database_name,
+            role_prefix=self.settings.db_role_prefix,
+        )
+        for name, url in self.service_database_urls.items():
+            engine = db.create_engine(url, name, application_name=f"dwf-migrate-{name}",
+                                      pool_size=1)
+            try:
+                await upgrade(engine, name, name)
+            finally:
+                await engine.dispose()
+
+    def service_env(self, name: str) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("DWF_")}
+        env.update(
+            {
+                "DWF_SERVICE": name,
+                "DWF_GRPC_HOST": self.settings.host,
+                "DWF_GRPC_PORT": str(self.settings.port_of(name)),
+                "DWF_DATABASE_URL": self.service_database_urls[name],
+                "DWF_DB_SCHEMA": name,
+                "DWF_NATS_URL": self.nats_url,
+                "DWF_LOG_LEVEL": self.settings.log_level,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        for service in SERVICE_NAMES:
+            env[f"DWF_{service.upper()}_ADDR"] = f"{self.settings.host}:{self.settings.port_of(service)}"
+        if self.nats is not None:
+            credentials = self.nats.credentials[name]
+            env["DWF_NATS_USER"] = credentials.user
+            env["DWF_NATS_PASSWORD"] = credentials.password
+        return env
+
+    def start_services(self) -> None:
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        for name in SERVICE_NAMES:
+            log_file = logs / f"{name}.log"
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                env=self.service_env(name),
+                stdout=log_file.open("ab"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            self.services[name] = ServiceProcess(
+                name, f"{self.settings.host}:{self.settings.port_of(name)}", process, log_file
+            )
+
+    async def wait_serving(self) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_seconds
+        pending = set(self.services)
+        while pending:
+            for name in list(pending):
+                service = self.services[name]
+                if service.process.poll() is not None:
+                    tail = service.log_file.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{name} exited with {service.process.returncode}:\n{tail}")
+                if await health_status(service.address) == "SERVING":
+                    pending.discard(name)
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"not SERVING in time: {sorted(pending)}")
+            if pending:
+                await asyncio.sleep(0.1)  # poll interval of the readiness probe
+
+    async def up(self) -> None:
+        await self.start_dependencies()
+        await self.provision_and_migrate()
+        self.start_services()
+        await self.wait_serving()
+        self.write_state()
+
+    def write_state(self) -> None:
+        state = {
+            "services": {name: s.address for name, s in self.services.items()},
+            "nats_url": self.nats_url,
+            "postgres": make_url(self.admin_database_url).render_as_string(hide_password=True),
+        }
+        (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
+
+    def stop_services(self, timeout: float = 20.0) -> None:
+        for service in self.services.values():
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in self.services.values():
+            try:
+                service.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+
+    def down(self) -> None:
+        self.stop_services()
+        if self.nats is not None:
+            self.nats.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / "stack.json").unlink()
+
+
+async def health_status(address: str, service: str = "", timeout: float = 1.0) -> str:
+    """The grpc.health.v1 status name of ``service`` at ``address`` (UNREACHABLE if down)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = await stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.aio.AioRpcError:
+            return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

@@ -1,0 +1,1 @@
+"""Fulfillment: the durable order workflow from ERP booking to invoice."""

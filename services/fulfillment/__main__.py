@@ -1,0 +1,3 @@
+from services.fulfillment.main import main
+
+main()

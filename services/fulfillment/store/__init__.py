@@ -1,0 +1,1 @@
+"""Persistence of the fulfillment service: tables and Alembic migrations."""

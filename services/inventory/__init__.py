@@ -1,0 +1,1 @@
+"""Inventory: available-to-promise, reservations, allocation, ledger and reconciliation."""

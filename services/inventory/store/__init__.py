@@ -1,0 +1,1 @@
+"""Persistence of the inventory service: tables and Alembic migrations."""

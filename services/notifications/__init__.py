@@ -1,0 +1,1 @@
+"""Notifications: channel status propagation, signed, ordered, retried, replayable."""

@@ -1,0 +1,1 @@
+"""Pure domain core of the notifications service: no I/O, unit- and property-tested."""

@@ -1,0 +1,29 @@
+"""Wiring and entrypoint of the notifications service."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from chassis.config import ServiceSettings
+from chassis.server import Runtime, ServiceSpec, serve
+from dwf.notifications.v1 import notifications_pb2, notifications_pb2_grpc
+from services.notifications.api import NotificationService
+from services.notifications.handlers import consumers
+
+
+def register(server: grpc.aio.Server, runtime: Runtime) -> None:
+    notifications_pb2_grpc.add_NotificationServiceServicer_to_server(NotificationService(runtime), server)
+
+
+SPEC = ServiceSpec(
+    name="notifications",
+    grpc_services=[notifications_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name],
+    register=register,
+    consumers=consumers,
+)
+
+
+def main() -> None:
+    asyncio.run(serve(SPEC, ServiceSettings(service="notifications")))

@@ -1,0 +1,1 @@
+"""Order gateway: storefront-facing checkout API, idempotent order acceptance, channel adapters."""

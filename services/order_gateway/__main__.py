@@ -1,0 +1,3 @@
+from services.order_gateway.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Persistence of the order_gateway service: tables and Alembic migrations."""

@@ -1,0 +1,310 @@
+"""Outbox → relay → JetStream → consumer → inbox, on real Postgres and NATS JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from chassis import bus
+from chassis.events import DLQ, STREAMS, dlq_subject
+from chassis.outbox import OutboxRelay
+from chassis.schema import dead_letter, inbox, outbox
+from chassis.server import Runtime
+from dwf.events.v1 import envelope_pb2
+from dwf.order.v1 import events_pb2
+from tests.conftest import Databases, NatsServer
+from tests.integration.harness import eventually, settings_for
+
+pytestmark = pytest.mark.integration
+
+PRODUCER = "order_gateway"
+CONSUMER = "notifications"
+STREAM = STREAMS[PRODUCER].name
+SUBJECT = "dwf.order_gateway.order_status_changed.v1"
+
+
+async def _runtime(service: str, databases: Databases, nats: NatsServer) -> Runtime:
+    settings = settings_for(service, databases, nats)
+    runtime = Runtime(settings)
+    runtime.nats = await bus.connect(
+        settings.nats_url, name=f"test-{service}", user=settings.nats_user,
+        password=settings.nats_password,
+    )
+    await bus.declare_stream(runtime.js, STREAMS[service])
+    await bus.declare_stream(runtime.js, DLQ)
+    return runtime
+
+
+@pytest.fixture
+async def producer(databases: Databases, nats_server: NatsServer) -> AsyncIterator[Runtime]:
+    runtime = await _runtime(PRODUCER, databases, nats_server)
+    yield runtime
+    assert runtime.nats is not None
+    await runtime.nats.close()
+    await runtime.engine.dispose()
+
+
+@pytest.fixture
+async def consumer_runtime(
+    databases: Databases, nats_server: NatsServer
+) -> AsyncIterator[Runtime]:
+    runtime = await _runtime(CONSUMER, databases, nats_server)
+    async with runtime.engine.begin() as conn:
+        await conn.execute(text(
+            "CREATE TABLE IF NOT EXISTS test_effect (event_id text, aggregate_id text, "
+            "sequence bigint)"
+        ))
+    yield runtime
+    assert runtime.nats is not None
+    await runtime.nats.close()
+    await runtime.engine.dispose()
+
+
+@dataclass
+class Recorder:
+    """A consumer handler that applies an effect and counts its calls."""
+
+    calls: list[str] = field(default_factory=list)
+    seen: dict[str, asyncio.Event] = field(default_factory=dict)
+    fail: bool = False
+
+    def expect(self, aggregate_id: str) -> asyncio.Event:
+        return self.seen.setdefault(aggregate_id, asyncio.Event())
+
+    async def __call__(self, session: object, envelope: envelope_pb2.EventEnvelope) -> None:
+        self.calls.append(envelope.aggregate_id)
+        if self.fail:
+            self.expect(envelope.aggregate_id).set()
+            raise RuntimeError("handler always fails")
+        await session.execute(  # type: ignore[attr-defined]
+            text("INSERT INTO test_effect VALUES (:id, :agg, :seq)"),
+            {"id": envelope.id, "agg": envelope.aggregate_id, "seq": envelope.sequence},
+        )
+        self.expect(envelope.aggregate_id).set()
+
+
+async def _record(runtime: Runtime, aggregate_id: str) -> envelope_pb2.EventEnvelope:
+    async with runtime.sessions.begin() as session:
+        return await runtime.events.record(
+            session, aggregate_type="order", aggregate_id=aggregate_id,
+            payload=events_pb2.OrderStatusChanged(order_id=aggregate_id, reason="test"),
+        )
+
+
+async def _effects(runtime: Runtime, aggregate_id: str) -> int:
+    async with runtime.engine.connect() as conn:
+        return int(await conn.scalar(
+            text("SELECT count(*) FROM test_effect WHERE aggregate_id = :a"), {"a": aggregate_id}
+        ) or 0)
+
+
+def _consumer(runtime: Runtime, handler: Recorder, **kwargs: object) -> bus.Consumer:
+    spec = bus.ConsumerSpec(
+        durable=f"test_{uuid.uuid4().hex[:10]}", stream=STREAM, subjects=[SUBJECT],
+        handler=handler,
+    )
+    options: dict[str, object] = {"max_deliver": 3, "backoff_seconds": [0.05],
+                                  "ack_wait_seconds": 5.0}
+    options.update(kwargs)
+    return bus.Consumer(spec, service=CONSUMER, js=runtime.js, sessions=runtime.sessions,
+                        **options)  # type: ignore[arg-type]
+
+
+class Running:
+    def __init__(self, consumer: bus.Consumer) -> None:
+        self.stop = asyncio.Event()
+        self.consumer = consumer
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> bus.Consumer:
+        subscription = await self.consumer.declare()
+        self.task = asyncio.create_task(self.consumer.consume(subscription, self.stop))
+        return self.consumer
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 10)
+
+
+async def test_round_trip_orders_sequences_and_records_inbox(
+    producer: Runtime, consumer_runtime: Runtime
+) -> None:
+    aggregate = f"order-{uuid.uuid4()}"
+    first = await _record(producer, aggregate)
+    second = await _record(producer, aggregate)
+    assert (first.sequence, second.sequence) == (1, 2)
+    assert first.producer == PRODUCER and first.type == "dwf.order.v1.OrderStatusChanged"
+
+    relay = OutboxRelay(producer.engine, producer.js, PRODUCER)
+    assert await relay.relay_batch() >= 2
+    async with producer.engine.connect() as conn:
+        unpublished = await conn.scalar(
+            select(func.count()).select_from(outbox).where(
+                outbox.c.aggregate_id == aggregate, outbox.c.published_at.is_(None)
+            )
+        )
+    assert unpublished == 0
+
+    handler = Recorder()
+    async with Running(_consumer(consumer_runtime, handler)) as consumer:
+        await eventually(lambda: _count(consumer_runtime, aggregate, 2), what="two effects")
+        async with consumer_runtime.engine.connect() as conn:
+            rows = (await conn.execute(
+                text("SELECT sequence FROM test_effect WHERE aggregate_id = :a ORDER BY 1"),
+                {"a": aggregate},
+            )).scalars().all()
+            inbox_rows = await conn.scalar(
+                select(func.count()).select_from(inbox).where(
+                    inbox.c.consumer == consumer.spec.durable,
+                    inbox.c.event_id.in_([first.id, second.id]),
+                )
+            )
+    assert rows == [1, 2]
+    assert inbox_rows == 2
+
+
+async def _count(runtime: Runtime, aggregate: str, want: int) -> bool:
+    return await _effects(runtime, aggregate) >= want
+
+
+async def test_duplicate_publish_is_a_no_op(producer: Runtime, consumer_runtime: Runtime) -> None:
+    """The same event published again after the broker's dedupe window: inbox drops it."""
+    aggregate = f"order-{uuid.uuid4()}"
+    envelope = await _record(producer, aggregate)
+    await OutboxRelay(producer.engine, producer.js, PRODUCER).relay_batch()
+    # A second copy under another Nats-Msg-Id gets past the broker's duplicate window.
+    republished = await producer.js.publish(
+        SUBJECT, envelope.SerializeToString(), headers={"Nats-Msg-Id": f"again-{envelope.id}"}
+    )
+    handler = Recorder()
+    async with Running(_consumer(consumer_runtime, handler)) as consumer:
+
+        async def both_handled() -> bool:
+            info = await consumer_runtime.js.consumer_info(STREAM, consumer.spec.durable)
+            return bool(info.delivered.stream_seq >= republished.seq and info.num_ack_pending == 0)
+
+        await eventually(both_handled, what="the duplicate to be delivered and acked")
+    assert await _effects(consumer_runtime, aggregate) == 1
+    assert handler.calls.count(aggregate) == 1
+
+
+async def test_redelivery_after_committed_effect_is_a_no_op(
+    producer: Runtime, consumer_runtime: Runtime
+) -> None:
+    """The effect commits but the ack is lost (crash): the redelivery must change nothing."""
+    aggregate = f"order-{uuid.uuid4()}"
+    await _record(producer, aggregate)
+    await OutboxRelay(producer.engine, producer.js, PRODUCER).relay_batch()
+    handler = Recorder()
+    consumer = _consumer(consumer_runtime, handler)
+    deliveries: list[int] = []
+    original_process = consumer.process
+
+    async def lose_first_ack(msg: object) -> None:
+        deliveries.append(msg.metadata.num_delivered)  # type: ignore[attr-defined]
+        if len(deliveries) == 1:
+            await consumer._apply(bus_envelope(msg))  # effect committed...
+            await msg.nak(delay=0.05)  # type: ignore[attr-defined]  # ...then no ack
+            return
+        await original_process(msg)  # type: ignore[arg-type]
+
+    consumer.process = lose_first_ack  # type: ignore[method-assign]
+    async with Running(consumer):
+        await eventually(lambda: _delivered_twice(deliveries), what="a redelivery")
+
+        async def settled() -> bool:
+            info = await consumer_runtime.js.consumer_info(STREAM, consumer.spec.durable)
+            return bool(info.num_ack_pending == 0 and info.num_redelivered == 0)
+
+        await eventually(settled, what="the redelivery to be acked")
+    assert await _effects(consumer_runtime, aggregate) == 1
+    assert handler.calls.count(aggregate) == 1
+
+
+def bus_envelope(msg: object) -> envelope_pb2.EventEnvelope:
+    return envelope_pb2.EventEnvelope.FromString(msg.data)  # type: ignore[attr-defined]
+
+
+async def _delivered_twice(deliveries: list[int]) -> bool:
+    return len(deliveries) >= 2
+
+
+async def test_dead_letter_after_max_deliveries(
+    producer: Runtime, consumer_runtime: Runtime
+) -> None:
+    aggregate = f"order-{uuid.uuid4()}"
+    envelope = await _record(producer, aggregate)
+    await OutboxRelay(producer.engine, producer.js, PRODUCER).relay_batch()
+    handler = Recorder(fail=True)
+    consumer = _consumer(consumer_runtime, handler, max_deliver=3)
+
+    async def dead_lettered() -> object:
+        async with consumer_runtime.engine.connect() as conn:
+            return (await conn.execute(
+                select(dead_letter).where(dead_letter.c.event_id == envelope.id)
+            )).first()
+
+    async with Running(consumer):
+        row = await eventually(dead_lettered, what="a dead_letter row")
+    assert handler.calls.count(aggregate) == 3
+    assert row.deliveries == 3 and row.consumer == consumer.spec.durable  # type: ignore[attr-defined]
+    assert "handler always fails" in row.error  # type: ignore[attr-defined]
+    dlq_message = await consumer_runtime.js.get_last_msg(
+        DLQ.name, dlq_subject(CONSUMER, consumer.spec.durable)
+    )
+    assert envelope_pb2.EventEnvelope.FromString(dlq_message.data).id == envelope.id
+    assert dlq_message.headers is not None
+    assert dlq_message.headers["dwf-dlq-original-subject"] == SUBJECT
+    assert await _effects(consumer_runtime, aggregate) == 0
+
+
+RELAY_CRASH_SCRIPT = Path(__file__).with_name("relay_crash.py")
+
+
+async def test_relay_killed_between_publish_and_mark_sent_causes_no_duplicate(
+    producer: Runtime, consumer_runtime: Runtime
+) -> None:
+    aggregate = f"order-{uuid.uuid4()}"
+    envelope = await _record(producer, aggregate)
+    settings = producer.settings
+    env = {
+        **os.environ,
+        "DWF_SERVICE": PRODUCER,
+        "DWF_DATABASE_URL": settings.database_url,
+        "DWF_NATS_URL": settings.nats_url,
+        "DWF_NATS_USER": settings.nats_user or "",
+        "DWF_NATS_PASSWORD": settings.nats_password or "",
+    }
+    crashed = await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(RELAY_CRASH_SCRIPT)], env=env,
+        capture_output=True, timeout=60,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()
+    assert f"published {envelope.id}".encode() in crashed.stdout
+
+    async with producer.engine.connect() as conn:
+        published_at = await conn.scalar(
+            select(outbox.c.published_at).where(outbox.c.event_id == envelope.id)
+        )
+    assert published_at is None, "the killed relay must not have marked the event sent"
+    last_seq = (await producer.js.stream_info(STREAM)).state.last_seq
+
+    assert await OutboxRelay(producer.engine, producer.js, PRODUCER).relay_batch() >= 1
+    assert (await producer.js.stream_info(STREAM)).state.last_seq == last_seq, (
+        "the republish must be dropped by the stream's duplicate window"
+    )
+    handler = Recorder()
+    async with Running(_consumer(consumer_runtime, handler)):
+        await eventually(lambda: _count(consumer_runtime, aggregate, 1), what="the effect")
+    assert await _effects(consumer_runtime, aggregate) == 1
