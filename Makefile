@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo up test lint typecheck protos proto-check buf-lint buf-breaking \
+.PHONY: install demo up test test-external lint typecheck protos proto-check buf-lint buf-breaking \
         unit integration bench clean
 
 install: $(STAMP)
@@ -47,6 +47,11 @@ unit: install
 
 integration: install
 	$(BIN)/pytest tests/integration -q
+
+# The same integration tests against the Postgres and NATS this machine already runs.
+test-external: install
+	DWF_DATABASE_URL=$${DWF_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres} \
+	DWF_NATS_URL=$${DWF_NATS_URL:-nats://127.0.0.1:4222} $(BIN)/pytest tests/integration -q
 
 test: install proto-check buf-lint buf-breaking lint typecheck
 	$(BIN)/pytest -q

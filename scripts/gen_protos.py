@@ -10,12 +10,12 @@ import argparse
 import filecmp
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import grpc_tools
-from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "proto"
@@ -31,6 +31,8 @@ def generate(out: Path) -> None:
         sys.exit("no .proto files under proto/")
     out.mkdir(parents=True, exist_ok=True)
     args = [
+        sys.executable,
+        "-m",
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{WKT_INCLUDE}",
@@ -40,8 +42,10 @@ def generate(out: Path) -> None:
         f"--mypy_grpc_out={out.parent}",
         *files,
     ]
-    if protoc.main(args) != 0:
-        sys.exit("protoc failed")
+    # A child process: the mypy plugins chatter on stderr, shown only when protoc fails.
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"protoc failed:\n{result.stdout}{result.stderr}")
     # Make every generated directory a regular package (mypy and setuptools want them).
     for directory in [out, *(p for p in out.rglob("*") if p.is_dir())]:
         if directory.name != "__pycache__":
@@ -65,7 +69,8 @@ def check() -> int:
         stale = sorted(
             name
             for name in want.keys() | have.keys()
-            if name not in want or name not in have
+            if name not in want
+            or name not in have
             or not filecmp.cmp(want[name], have[name], shallow=False)
         )
     if stale:

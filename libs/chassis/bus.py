@@ -182,8 +182,11 @@ class Consumer:
             f"consume {msg.subject}",
             context=parent,
             kind=trace.SpanKind.CONSUMER,
-            attributes={"messaging.consumer.group.name": self.spec.durable,
-                        "dwf.event.id": envelope.id, "dwf.event.type": envelope.type},
+            attributes={
+                "messaging.consumer.group.name": self.spec.durable,
+                "dwf.event.id": envelope.id,
+                "dwf.event.type": envelope.type,
+            },
         ):
             correlation_id_var.set(envelope.correlation_id or None)
             causation_id_var.set(envelope.id)
@@ -198,8 +201,13 @@ class Consumer:
                     await self._dead_letter(msg, envelope, repr(exc), attempt)
                 else:
                     delay = self.backoff[min(attempt - 1, len(self.backoff) - 1)]
-                    log.warning("attempt %d of %s failed (%r); retry in %.1fs",
-                                attempt, envelope.id, exc, delay)
+                    log.warning(
+                        "attempt %d of %s failed (%r); retry in %.1fs",
+                        attempt,
+                        envelope.id,
+                        exc,
+                        delay,
+                    )
                     await msg.nak(delay=delay)
                 return
             await msg.ack()
@@ -235,7 +243,9 @@ class Consumer:
             }
         )
         await self.js.publish(
-            dlq_subject(self.service, self.spec.durable), msg.data, headers=headers,
+            dlq_subject(self.service, self.spec.durable),
+            msg.data,
+            headers=headers,
             stream=DLQ.name,
         )
         async with self.sessions.begin() as session:

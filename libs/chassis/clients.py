@@ -33,7 +33,7 @@ class CorrelationIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 
 
 def _read(path: object) -> bytes | None:
-    return None if path is None else open(str(path), "rb").read()  # noqa: SIM115
+    return None if path is None else open(str(path), "rb").read()
 
 
 def open_channel(target: str, settings: ServiceSettings | None = None) -> grpc.aio.Channel:

@@ -10,7 +10,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["order_gateway", "inventory", "fulfillment", "notifications"]
 
-SERVICE_NAMES: tuple[ServiceName, ...] = ("order_gateway", "inventory", "fulfillment", "notifications")
+SERVICE_NAMES: tuple[ServiceName, ...] = (
+    "order_gateway",
+    "inventory",
+    "fulfillment",
+    "notifications",
+)
 
 DEFAULT_GRPC_PORTS: dict[str, int] = {
     "order_gateway": 50051,
@@ -36,7 +41,9 @@ class ServiceSettings(BaseSettings):
         "postgresql+asyncpg://postgres@127.0.0.1:5432/dwf",
         description="The service's own Postgres role (it can use only its own schema).",
     )
-    db_schema: str | None = Field(None, description="Postgres schema; defaults to the service name.")
+    db_schema: str | None = Field(
+        None, description="Postgres schema; defaults to the service name."
+    )
     db_pool_size: int = Field(10, ge=1)
 
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma separated.")
@@ -52,7 +59,8 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     drain_seconds: float = Field(
-        3.0, ge=0,
+        3.0,
+        ge=0,
         description="After SIGTERM: report NOT_SERVING this long, still serving, so load "
         "balancers and readiness probes stop routing here before the server stops.",
     )
@@ -77,7 +85,7 @@ class ServiceSettings(BaseSettings):
     )
 
     @property
-    def schema(self) -> str:
+    def schema_name(self) -> str:
         return self.db_schema or self.service
 
     @property

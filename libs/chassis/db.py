@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from chassis.config import ServiceSettings
 
@@ -26,7 +31,7 @@ def create_engine(
 def engine_for(settings: ServiceSettings) -> AsyncEngine:
     return create_engine(
         settings.database_url,
-        settings.schema,
+        settings.schema_name,
         application_name=f"dwf-{settings.service}",
         pool_size=settings.db_pool_size,
     )

@@ -55,9 +55,7 @@ class DomainError(Exception):
             reason=self.reason, domain=domain or self.domain, metadata=dict(self.metadata)
         )
         details = [_pack(info), *self.extra_details()]
-        return status_pb2.Status(
-            code=_RPC_CODES[self.code], message=self.message, details=details
-        )
+        return status_pb2.Status(code=_RPC_CODES[self.code], message=self.message, details=details)
 
 
 def _pack(message: object) -> any_pb2.Any:

@@ -57,7 +57,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         quiet = method.startswith(_QUIET_PREFIXES)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -77,6 +77,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
             self._wrap_stream(handler.stream_stream, method, quiet),
             request_deserializer=handler.request_deserializer,
@@ -96,7 +97,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
                 )
                 async with asyncio.timeout(timeout):
                     return await behavior(request, context)
-            except BaseException as exc:  # noqa: BLE001 - mapped below, re-raised if not ours
+            except BaseException as exc:
                 code = self._code_of(exc, context)
                 await self._abort(exc, code, context, method)
                 raise
@@ -115,7 +116,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
             try:
                 async for response in behavior(request, context):
                     yield response
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 code = self._code_of(exc, context)
                 await self._abort(exc, code, context, method)
                 raise
@@ -153,7 +154,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, TimeoutError):
             return grpc.StatusCode.DEADLINE_EXCEEDED
         if isinstance(exc, grpc.aio.AbortError):
-            return context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[no-any-return]
+            return context.code() or grpc.StatusCode.UNKNOWN
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
             return grpc.StatusCode.CANCELLED
         return grpc.StatusCode.INTERNAL
@@ -171,7 +172,9 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, DomainError):
             status = exc.to_status(domain=self.domain)
         elif code is grpc.StatusCode.UNIMPLEMENTED:
-            status = status_for(code, f"{method} is not implemented yet", "UNIMPLEMENTED", self.domain)
+            status = status_for(
+                code, f"{method} is not implemented yet", "UNIMPLEMENTED", self.domain
+            )
         elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
             status = status_for(code, "deadline exceeded", "DEADLINE_EXCEEDED", self.domain)
         else:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chassis.schema import metadata as chassis_metadata
 
+
 def migrations_dir(service: str) -> Path:
     package = importlib.import_module(f"services.{service}")
     assert package.__file__ is not None

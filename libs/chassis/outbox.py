@@ -147,8 +147,13 @@ class OutboxRelay:
                 return 0
             rows = (
                 await conn.execute(
-                    select(outbox.c.position, outbox.c.event_id, outbox.c.subject,
-                           outbox.c.body, outbox.c.headers)
+                    select(
+                        outbox.c.position,
+                        outbox.c.event_id,
+                        outbox.c.subject,
+                        outbox.c.body,
+                        outbox.c.headers,
+                    )
                     .where(outbox.c.published_at.is_(None))
                     .order_by(outbox.c.position)
                     .limit(self.batch_size)

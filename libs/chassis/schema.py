@@ -40,9 +40,7 @@ outbox = Table(
     Column("headers", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("published_at", DateTime(timezone=True)),
-    Index(
-        "outbox_unpublished", "position", postgresql_where=text("published_at IS NULL")
-    ),
+    Index("outbox_unpublished", "position", postgresql_where=text("published_at IS NULL")),
 )
 
 aggregate_sequence = Table(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -46,7 +47,7 @@ class Runtime:
         self.settings = settings
         self.engine: AsyncEngine = db.engine_for(settings)
         self.sessions: async_sessionmaker[AsyncSession] = db.session_factory(self.engine)
-        self.events = EventRecorder(settings.service, settings.schema)
+        self.events = EventRecorder(settings.service, settings.schema_name)
         self.nats: NatsClient | None = None
 
     @property
@@ -89,7 +90,7 @@ class ServiceApp:
         self.spec = spec
         self.settings = settings
         self.runtime = Runtime(settings)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.server = grpc.aio.server(
             interceptors=[
                 aio_server_interceptor(),
@@ -127,8 +128,7 @@ class ServiceApp:
         await self.server.start()
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
-        log.info("%s listening on %s:%d", self.spec.name, self.settings.grpc_host,
-                 self.bound_port)
+        log.info("%s listening on %s:%d", self.spec.name, self.settings.grpc_host, self.bound_port)
         self._tasks.append(asyncio.create_task(self._connect_and_run()))
 
     async def _connect_and_run(self) -> None:
@@ -150,7 +150,7 @@ class ServiceApp:
         relay = OutboxRelay(
             self.runtime.engine,
             self.runtime.js,
-            self.settings.schema,
+            self.settings.schema_name,
             batch_size=self.settings.outbox_batch_size,
             poll_interval=self.settings.outbox_poll_interval_seconds,
         )

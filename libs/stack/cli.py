@@ -16,8 +16,9 @@ from chassis.config import SERVICE_NAMES, ServiceSettings
 from stack.scenario import check_services
 from stack.supervisor import Stack, StackSettings
 
-app = typer.Typer(help="dwf — distribution workflow: local stack and service entrypoints.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="dwf — distribution workflow: local stack and service entrypoints.", no_args_is_help=True
+)
 console = Console()
 
 ServiceArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}")]
@@ -42,12 +43,12 @@ def migrate(service: ServiceArg) -> None:
     from chassis import db
     from chassis.migrations import upgrade
 
-    settings = ServiceSettings(service=_check_service(service))  # type: ignore[arg-type]
+    settings = ServiceSettings(service=_check_service(service))
 
     async def _run() -> None:
         engine = db.engine_for(settings)
         try:
-            await upgrade(engine, settings.service, settings.schema)
+            await upgrade(engine, settings.service, settings.schema_name)
         finally:
             await engine.dispose()
 
@@ -99,8 +100,13 @@ async def _demo(stack: Stack) -> bool:
     for column in ("service", "address", "health", "reflection lists", "ok"):
         table.add_column(column)
     for check in checks:
-        table.add_row(check.service, check.address, check.health, ", ".join(check.reflected),
-                      "[green]yes[/green]" if check.ok else "[red]NO[/red]")
+        table.add_row(
+            check.service,
+            check.address,
+            check.health,
+            ", ".join(check.reflected),
+            "[green]yes[/green]" if check.ok else "[red]NO[/red]",
+        )
     console.print(table)
     return all(check.ok for check in checks) and len(checks) == len(SERVICE_NAMES)
 
@@ -113,7 +119,9 @@ def demo() -> None:
         ok = asyncio.run(_demo(stack))
     finally:
         stack.down()
-    console.print("[bold green]demo passed[/bold green]" if ok else "[bold red]demo FAILED[/bold red]")
+    console.print(
+        "[bold green]demo passed[/bold green]" if ok else "[bold red]demo FAILED[/bold red]"
+    )
     sys.exit(0 if ok else 1)
 
 

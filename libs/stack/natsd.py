@@ -18,7 +18,7 @@ from pathlib import Path
 
 from chassis.config import SERVICE_NAMES
 from chassis.events import DLQ_SUBJECT_PREFIX, SUBJECT_ROOT
-from stack.ports import free_port, wait_until
+from stack.ports import wait_until
 
 ADMIN_USER = "dwf_admin"
 
@@ -57,8 +57,11 @@ class NatsCredentials:
 class EmbeddedNats:
     def __init__(self, root: Path, port: int | None = None, *, with_users: bool = True) -> None:
         self.root = root
-        self.port = port or free_port()
-        self.monitor_port = free_port()
+        # Unless a port is required, the server picks free ones itself and reports them in
+        # its ports file: no window for another process to take a port we chose.
+        self.requested_port = port
+        self.port = port or 0
+        self.monitor_port = 0
         self.with_users = with_users
         self.process: subprocess.Popen[bytes] | None = None
         self.credentials: dict[str, NatsCredentials] = {}
@@ -79,8 +82,9 @@ class EmbeddedNats:
 
     def _config(self) -> str:
         config: dict[str, object] = {
-            "listen": f"127.0.0.1:{self.port}",
-            "http": f"127.0.0.1:{self.monitor_port}",
+            "listen": f"127.0.0.1:{self.requested_port or -1}",
+            "http": "127.0.0.1:-1",
+            "ports_file_dir": str(self.root / "ports"),
             "server_name": "dwf_local",
             "jetstream": {"store_dir": str(self.root / "jetstream")},
         }
@@ -106,12 +110,33 @@ class EmbeddedNats:
         config_file = self.root / "nats.conf"
         config_file.write_text(self._config())
         config_file.chmod(0o600)
+        ports_dir = self.root / "ports"
+        shutil.rmtree(ports_dir, ignore_errors=True)
+        ports_dir.mkdir()
         log = (self.root / "nats.log").open("ab")
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config_file)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+        wait_until(lambda: self._read_ports(ports_dir), timeout, "nats-server to listen")
         wait_until(self._healthy, timeout, f"nats-server on port {self.port}")
+
+    def _read_ports(self, ports_dir: Path) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"nats-server exited; see {self.root}/nats.log")
+        assert self.process is not None
+        ports_file = ports_dir / f"nats-server_{self.process.pid}.ports"
+        if not ports_file.exists():
+            return False
+        try:
+            ports = json.loads(ports_file.read_text())
+        except json.JSONDecodeError:
+            return False  # being written
+        self.port = int(ports["nats"][0].rsplit(":", 1)[1])
+        self.monitor_port = int(ports["monitoring"][0].rsplit(":", 1)[1])
+        return True
 
     def _healthy(self) -> bool:
         if self.process is not None and self.process.poll() is not None:

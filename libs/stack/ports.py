@@ -13,8 +13,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-               interval: float = 0.05) -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
     """Poll ``condition`` until it holds; a readiness probe of an external process."""
     deadline = time.monotonic() + timeout
     while not condition():

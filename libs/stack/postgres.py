@@ -36,9 +36,16 @@ def _run_as() -> str | None:
         pwd.getpwnam(SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             SYSTEM_USER],
-            check=True, capture_output=True,
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SYSTEM_USER,
+            ],
+            check=True,
+            capture_output=True,
         )
     return SYSTEM_USER
 
@@ -91,10 +98,20 @@ class EmbeddedPostgres:
         self._chown(pwfile)
         try:
             subprocess.run(
-                [str(_postgres_bin() / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
-                 f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
-                 "--no-locale"],
-                check=True, capture_output=True, **self.as_user,  # type: ignore[call-overload]
+                [
+                    str(_postgres_bin() / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                ],
+                check=True,
+                capture_output=True,
+                **self.as_user,  # type: ignore[call-overload]
             )
         finally:
             pwfile.unlink()
@@ -106,18 +123,35 @@ class EmbeddedPostgres:
         if not (self.data / "PG_VERSION").exists():
             self._initdb()
         options = [
-            "-c", "listen_addresses=127.0.0.1",
-            "-c", f"unix_socket_directories={self.data}",
-            "-c", "max_connections=300",
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={self.data}",
+            "-c",
+            "max_connections=300",
         ]
         if self.fast:
-            options += ["-c", "fsync=off", "-c", "synchronous_commit=off",
-                        "-c", "full_page_writes=off"]
+            options += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         log = (self.root / "postgres.log").open("ab")
         self.process = subprocess.Popen(
-            [str(_postgres_bin() / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             *options],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(_postgres_bin() / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                *options,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             **self.as_user,  # type: ignore[call-overload]
         )
         wait_until(self._ready, timeout, f"postgres on port {self.port}")
@@ -128,8 +162,7 @@ class EmbeddedPostgres:
                 f"postgres exited with {self.process.returncode}; see {self.root}/postgres.log"
             )
         probe = subprocess.run(
-            [str(_postgres_bin() / "pg_isready"), "-q", "-h", "127.0.0.1", "-p",
-             str(self.port)],
+            [str(_postgres_bin() / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
             check=False,
         )
         return probe.returncode == 0

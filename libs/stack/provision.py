@@ -7,6 +7,7 @@ denied". Safe to run repeatedly and concurrently (an advisory lock serialises it
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterable
 
@@ -42,10 +43,8 @@ async def ensure_database(admin_url: str, database: str) -> None:
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
         if not exists:
-            try:
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # created concurrently
                 await conn.execute(f"CREATE DATABASE {_ident(database)}")
-            except asyncpg.DuplicateDatabaseError:
-                pass  # created concurrently
     finally:
         await conn.close()
 
@@ -78,7 +77,9 @@ async def provision(
                     f"{verb} ROLE {_ident(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
                     f"PASSWORD '{password}'"
                 )
-                await conn.execute(f"GRANT CONNECT ON DATABASE {_ident(database)} TO {_ident(role)}")
+                await conn.execute(
+                    f"GRANT CONNECT ON DATABASE {_ident(database)} TO {_ident(role)}"
+                )
                 await conn.execute(
                     f"CREATE SCHEMA IF NOT EXISTS {_ident(service)} AUTHORIZATION {_ident(role)}"
                 )

@@ -102,8 +102,9 @@ class Stack:
             role_prefix=self.settings.db_role_prefix,
         )
         for name, url in self.service_database_urls.items():
-            engine = db.create_engine(url, name, application_name=f"dwf-migrate-{name}",
-                                      pool_size=1)
+            engine = db.create_engine(
+                url, name, application_name=f"dwf-migrate-{name}", pool_size=1
+            )
             try:
                 await upgrade(engine, name, name)
             finally:
@@ -120,11 +121,14 @@ class Stack:
                 "DWF_DB_SCHEMA": name,
                 "DWF_NATS_URL": self.nats_url,
                 "DWF_LOG_LEVEL": self.settings.log_level,
+                "DWF_DRAIN_SECONDS": "0.5",  # no load balancer in front of a laptop
                 "PYTHONUNBUFFERED": "1",
             }
         )
         for service in SERVICE_NAMES:
-            env[f"DWF_{service.upper()}_ADDR"] = f"{self.settings.host}:{self.settings.port_of(service)}"
+            env[f"DWF_{service.upper()}_ADDR"] = (
+                f"{self.settings.host}:{self.settings.port_of(service)}"
+            )
         if self.nats is not None:
             credentials = self.nats.credentials[name]
             env["DWF_NATS_USER"] = credentials.user

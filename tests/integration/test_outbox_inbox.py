@@ -37,7 +37,9 @@ async def _runtime(service: str, databases: Databases, nats: NatsServer) -> Runt
     settings = settings_for(service, databases, nats)
     runtime = Runtime(settings)
     runtime.nats = await bus.connect(
-        settings.nats_url, name=f"test-{service}", user=settings.nats_user,
+        settings.nats_url,
+        name=f"test-{service}",
+        user=settings.nats_user,
         password=settings.nats_password,
     )
     await bus.declare_stream(runtime.js, STREAMS[service])
@@ -55,15 +57,15 @@ async def producer(databases: Databases, nats_server: NatsServer) -> AsyncIterat
 
 
 @pytest.fixture
-async def consumer_runtime(
-    databases: Databases, nats_server: NatsServer
-) -> AsyncIterator[Runtime]:
+async def consumer_runtime(databases: Databases, nats_server: NatsServer) -> AsyncIterator[Runtime]:
     runtime = await _runtime(CONSUMER, databases, nats_server)
     async with runtime.engine.begin() as conn:
-        await conn.execute(text(
-            "CREATE TABLE IF NOT EXISTS test_effect (event_id text, aggregate_id text, "
-            "sequence bigint)"
-        ))
+        await conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS test_effect (event_id text, aggregate_id text, "
+                "sequence bigint)"
+            )
+        )
     yield runtime
     assert runtime.nats is not None
     await runtime.nats.close()
@@ -96,28 +98,38 @@ class Recorder:
 async def _record(runtime: Runtime, aggregate_id: str) -> envelope_pb2.EventEnvelope:
     async with runtime.sessions.begin() as session:
         return await runtime.events.record(
-            session, aggregate_type="order", aggregate_id=aggregate_id,
+            session,
+            aggregate_type="order",
+            aggregate_id=aggregate_id,
             payload=events_pb2.OrderStatusChanged(order_id=aggregate_id, reason="test"),
         )
 
 
 async def _effects(runtime: Runtime, aggregate_id: str) -> int:
     async with runtime.engine.connect() as conn:
-        return int(await conn.scalar(
-            text("SELECT count(*) FROM test_effect WHERE aggregate_id = :a"), {"a": aggregate_id}
-        ) or 0)
+        return int(
+            await conn.scalar(
+                text("SELECT count(*) FROM test_effect WHERE aggregate_id = :a"),
+                {"a": aggregate_id},
+            )
+            or 0
+        )
 
 
 def _consumer(runtime: Runtime, handler: Recorder, **kwargs: object) -> bus.Consumer:
     spec = bus.ConsumerSpec(
-        durable=f"test_{uuid.uuid4().hex[:10]}", stream=STREAM, subjects=[SUBJECT],
+        durable=f"test_{uuid.uuid4().hex[:10]}",
+        stream=STREAM,
+        subjects=[SUBJECT],
         handler=handler,
     )
-    options: dict[str, object] = {"max_deliver": 3, "backoff_seconds": [0.05],
-                                  "ack_wait_seconds": 5.0}
+    options: dict[str, object] = {
+        "max_deliver": 3,
+        "backoff_seconds": [0.05],
+        "ack_wait_seconds": 5.0,
+    }
     options.update(kwargs)
-    return bus.Consumer(spec, service=CONSUMER, js=runtime.js, sessions=runtime.sessions,
-                        **options)  # type: ignore[arg-type]
+    return bus.Consumer(spec, service=CONSUMER, js=runtime.js, sessions=runtime.sessions, **options)  # type: ignore[arg-type]
 
 
 class Running:
@@ -150,9 +162,9 @@ async def test_round_trip_orders_sequences_and_records_inbox(
     assert await relay.relay_batch() >= 2
     async with producer.engine.connect() as conn:
         unpublished = await conn.scalar(
-            select(func.count()).select_from(outbox).where(
-                outbox.c.aggregate_id == aggregate, outbox.c.published_at.is_(None)
-            )
+            select(func.count())
+            .select_from(outbox)
+            .where(outbox.c.aggregate_id == aggregate, outbox.c.published_at.is_(None))
         )
     assert unpublished == 0
 
@@ -160,12 +172,20 @@ async def test_round_trip_orders_sequences_and_records_inbox(
     async with Running(_consumer(consumer_runtime, handler)) as consumer:
         await eventually(lambda: _count(consumer_runtime, aggregate, 2), what="two effects")
         async with consumer_runtime.engine.connect() as conn:
-            rows = (await conn.execute(
-                text("SELECT sequence FROM test_effect WHERE aggregate_id = :a ORDER BY 1"),
-                {"a": aggregate},
-            )).scalars().all()
+            rows = (
+                (
+                    await conn.execute(
+                        text("SELECT sequence FROM test_effect WHERE aggregate_id = :a ORDER BY 1"),
+                        {"a": aggregate},
+                    )
+                )
+                .scalars()
+                .all()
+            )
             inbox_rows = await conn.scalar(
-                select(func.count()).select_from(inbox).where(
+                select(func.count())
+                .select_from(inbox)
+                .where(
                     inbox.c.consumer == consumer.spec.durable,
                     inbox.c.event_id.in_([first.id, second.id]),
                 )
@@ -251,9 +271,9 @@ async def test_dead_letter_after_max_deliveries(
 
     async def dead_lettered() -> object:
         async with consumer_runtime.engine.connect() as conn:
-            return (await conn.execute(
-                select(dead_letter).where(dead_letter.c.event_id == envelope.id)
-            )).first()
+            return (
+                await conn.execute(select(dead_letter).where(dead_letter.c.event_id == envelope.id))
+            ).first()
 
     async with Running(consumer):
         row = await eventually(dead_lettered, what="a dead_letter row")
@@ -287,8 +307,11 @@ async def test_relay_killed_between_publish_and_mark_sent_causes_no_duplicate(
         "DWF_NATS_PASSWORD": settings.nats_password or "",
     }
     crashed = await asyncio.to_thread(
-        subprocess.run, [sys.executable, str(RELAY_CRASH_SCRIPT)], env=env,
-        capture_output=True, timeout=60,
+        subprocess.run,
+        [sys.executable, str(RELAY_CRASH_SCRIPT)],
+        env=env,
+        capture_output=True,
+        timeout=60,
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()
     assert f"published {envelope.id}".encode() in crashed.stdout

@@ -42,7 +42,9 @@ class ProbeService:
         aggregate_id = request.decode()
         async with self.runtime.sessions.begin() as session:
             envelope = await self.runtime.events.record(
-                session, aggregate_type="order", aggregate_id=aggregate_id,
+                session,
+                aggregate_type="order",
+                aggregate_id=aggregate_id,
                 payload=events_pb2.OrderStatusChanged(order_id=aggregate_id),
             )
         return envelope.id.encode()
@@ -61,14 +63,20 @@ class ProbeService:
         )
 
 
-def probe_spec(probes: list[ProbeService], consumers: Sequence[bus.ConsumerSpec] = ()) -> ServiceSpec:
+def probe_spec(
+    probes: list[ProbeService], consumers: Sequence[bus.ConsumerSpec] = ()
+) -> ServiceSpec:
     def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         probe = ProbeService(runtime)
         probes.append(probe)
         server.add_generic_rpc_handlers((probe.handler(),))
 
-    return ServiceSpec(name="order_gateway", grpc_services=[PROBE], register=register,
-                       consumers=lambda runtime: consumers)
+    return ServiceSpec(
+        name="order_gateway",
+        grpc_services=[PROBE],
+        register=register,
+        consumers=lambda runtime: consumers,
+    )
 
 
 async def health_of(port: int, service: str = "") -> str:
@@ -84,13 +92,18 @@ async def test_health_turns_serving_only_after_nats_connects(
 ) -> None:
     nats_port = free_port()  # nothing listens here yet
     settings = settings_for(
-        "order_gateway", databases, nats_server,
-        nats_url=f"nats://127.0.0.1:{nats_port}", nats_user=None, nats_password=None,
+        "order_gateway",
+        databases,
+        nats_server,
+        nats_url=f"nats://127.0.0.1:{nats_port}",
+        nats_user=None,
+        nats_password=None,
     )
     app = ServiceApp(probe_spec([]), settings)
     await app.start()
-    late_nats = EmbeddedNats(scratch_dir / f"late-nats-{uuid.uuid4().hex[:6]}", port=nats_port,
-                             with_users=False)
+    late_nats = EmbeddedNats(
+        scratch_dir / f"late-nats-{uuid.uuid4().hex[:6]}", port=nats_port, with_users=False
+    )
     try:
         # Postgres is up, NATS is not: the server answers, but NOT_SERVING, for every name.
         assert await health_of(app.bound_port) == "NOT_SERVING"
@@ -158,17 +171,24 @@ async def test_one_trace_spans_grpc_outbox_nats_and_consumer(
     # The consumer runs inside another service (its own schema, inbox and NATS user).
     consumer_settings = settings_for("notifications", databases, nats_server)
     consumer_spec = bus.ConsumerSpec(
-        durable=f"trace_{uuid.uuid4().hex[:8]}", stream=STREAMS["order_gateway"].name,
-        subjects=["dwf.order_gateway.order_status_changed.v1"], handler=handler,
+        durable=f"trace_{uuid.uuid4().hex[:8]}",
+        stream=STREAMS["order_gateway"].name,
+        subjects=["dwf.order_gateway.order_status_changed.v1"],
+        handler=handler,
     )
     consumer_app = ServiceApp(
-        ServiceSpec(name="notifications", grpc_services=[], register=lambda s, r: None,
-                    consumers=lambda runtime: [consumer_spec]),
+        ServiceSpec(
+            name="notifications",
+            grpc_services=[],
+            register=lambda s, r: None,
+            consumers=lambda runtime: [consumer_spec],
+        ),
         consumer_settings,
     )
     probes: list[ProbeService] = []
-    producer_app = ServiceApp(probe_spec(probes),
-                              settings_for("order_gateway", databases, nats_server))
+    producer_app = ServiceApp(
+        probe_spec(probes), settings_for("order_gateway", databases, nats_server)
+    )
     await consumer_app.start()
     await producer_app.start()
     try:
@@ -180,8 +200,9 @@ async def test_one_trace_spans_grpc_outbox_nats_and_consumer(
         with tracer.start_as_current_span("storefront checkout") as root:
             async with open_channel(f"127.0.0.1:{producer_app.bound_port}") as channel:
                 emit = channel.unary_unary(f"/{PROBE}/Emit")
-                call = emit(aggregate.encode(), timeout=10,
-                            metadata=(("x-correlation-id", correlation_id),))
+                call = emit(
+                    aggregate.encode(), timeout=10, metadata=(("x-correlation-id", correlation_id),)
+                )
                 await call
                 trailers = await call.trailing_metadata()
         assert dict(trailers or ()).get("x-correlation-id") == correlation_id
@@ -191,9 +212,11 @@ async def test_one_trace_spans_grpc_outbox_nats_and_consumer(
         assert event_correlation == correlation_id
 
         async def finished_span_names() -> set[str]:
-            names = {s.name for s in spans.get_finished_spans()
-                     if s.context is not None
-                     and s.context.trace_id == root.get_span_context().trace_id}
+            names = {
+                s.name
+                for s in spans.get_finished_spans()
+                if s.context is not None and s.context.trace_id == root.get_span_context().trace_id
+            }
             consume = "consume dwf.order_gateway.order_status_changed.v1"
             return names if consume in names else set()
 
