@@ -36,6 +36,11 @@ class ServiceSettings(BaseSettings):
         None, description="gRPC port; defaults to the service's documented port."
     )
     metrics_port: int = Field(0, description="Prometheus /metrics port; 0 disables it.")
+    health_port: int = Field(
+        0,
+        description="Plaintext port serving only grpc.health.v1, for kubelet probes when the "
+        "main port is TLS; 0 disables it.",
+    )
 
     database_url: str = Field(
         "postgresql+asyncpg://postgres@127.0.0.1:5432/dwf",

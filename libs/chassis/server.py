@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,6 +36,10 @@ from chassis.outbox import EventRecorder, OutboxRelay
 from chassis.telemetry import configure_tracing
 
 log = logging.getLogger("dwf.server")
+
+# Health name that is SERVING for as long as the process runs: the liveness probe's, so an
+# outage of Postgres or NATS makes pods unready but does not restart them.
+LIVENESS = "liveness"
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -98,6 +103,8 @@ class ServiceApp:
             ]
         )
         self.bound_port = 0
+        self.health_server: grpc.aio.Server | None = None
+        self.bound_health_port = 0
         self._stop = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -113,6 +120,7 @@ class ServiceApp:
 
     async def start(self) -> None:
         await self._set_health(NOT_SERVING)
+        await self.health.set(LIVENESS, SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.spec.register(self.server, self.runtime)
         reflection.enable_server_reflection(
@@ -126,6 +134,13 @@ class ServiceApp:
         else:
             self.bound_port = self.server.add_insecure_port(address)
         await self.server.start()
+        if self.settings.health_port:
+            self.health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.bound_health_port = self.health_server.add_insecure_port(
+                f"{self.settings.grpc_host}:{self.settings.health_port}"
+            )
+            await self.health_server.start()
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
         log.info("%s listening on %s:%d", self.spec.name, self.settings.grpc_host, self.bound_port)
@@ -154,7 +169,9 @@ class ServiceApp:
             batch_size=self.settings.outbox_batch_size,
             poll_interval=self.settings.outbox_poll_interval_seconds,
         )
-        workers = [relay.run(self._stop)]
+        workers: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("outbox relay", lambda: relay.run(self._stop))
+        ]
         for consumer_spec in self.spec.consumers(self.runtime):
             consumer = bus.Consumer(
                 consumer_spec,
@@ -165,8 +182,22 @@ class ServiceApp:
                 ack_wait_seconds=self.settings.consumer_ack_wait_seconds,
                 backoff_seconds=self.settings.consumer_backoff_seconds,
             )
-            workers.append(consumer.run(self._stop))
-        await asyncio.gather(*workers)
+            workers.append((f"consumer {consumer_spec.durable}", partial(consumer.run, self._stop)))
+        await asyncio.gather(*(self._supervise(name, run) for name, run in workers))
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Keep a background worker alive: a crash is logged and the worker restarted."""
+        while not self._stop.is_set():
+            try:
+                await run()
+            except Exception:
+                log.exception("%s crashed; restarting", name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._stop.wait(), self.settings.dependency_retry_max_seconds
+                    )
+            else:
+                return
 
     async def _connect(self) -> None:
         await db.ping(self.runtime.engine)
@@ -200,6 +231,8 @@ class ServiceApp:
         if self.settings.drain_seconds:
             await asyncio.sleep(self.settings.drain_seconds)  # the drain window itself
         await self.server.stop(self.settings.shutdown_grace_seconds)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         # Relay and consumers notice the stop event within a poll; cancel only stragglers.
         self._stop.set()
         if self._tasks:

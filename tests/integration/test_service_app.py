@@ -108,6 +108,7 @@ async def test_health_turns_serving_only_after_nats_connects(
         # Postgres is up, NATS is not: the server answers, but NOT_SERVING, for every name.
         assert await health_of(app.bound_port) == "NOT_SERVING"
         assert await health_of(app.bound_port, PROBE) == "NOT_SERVING"
+        assert await health_of(app.bound_port, "liveness") == "SERVING"
         await asyncio.to_thread(late_nats.start)
 
         async def serving() -> bool:
