@@ -264,3 +264,8 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings) -> None:
     await stop.wait()
     log.info("%s draining", spec.name)
     await app.stop()
+
+
+def run(spec: ServiceSpec) -> None:
+    """``python -m services.<name>`` / ``dwf serve <name>``: settings from ``DWF_*``."""
+    asyncio.run(serve(spec, ServiceSettings(service=spec.name)))

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
-from chassis.config import ServiceSettings
-from chassis.server import Runtime, ServiceSpec, serve
+from chassis.server import Runtime, ServiceSpec, run
 from dwf.fulfillment.v1 import fulfillment_pb2, fulfillment_pb2_grpc
 from services.fulfillment.api import FulfillmentService
 from services.fulfillment.handlers import consumers
@@ -30,4 +27,4 @@ SPEC = ServiceSpec(
 
 
 def main() -> None:
-    asyncio.run(serve(SPEC, ServiceSettings(service="fulfillment")))
+    run(SPEC)

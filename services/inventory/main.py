@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
-from chassis.config import ServiceSettings
-from chassis.server import Runtime, ServiceSpec, serve
+from chassis.server import Runtime, ServiceSpec, run
 from dwf.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from services.inventory.api import InventoryService
 from services.inventory.handlers import consumers
@@ -30,4 +27,4 @@ SPEC = ServiceSpec(
 
 
 def main() -> None:
-    asyncio.run(serve(SPEC, ServiceSettings(service="inventory")))
+    run(SPEC)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
-from chassis.config import ServiceSettings
-from chassis.server import Runtime, ServiceSpec, serve
+from chassis.server import Runtime, ServiceSpec, run
 from dwf.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from services.notifications.api import NotificationService
 from services.notifications.handlers import consumers
@@ -30,4 +27,4 @@ SPEC = ServiceSpec(
 
 
 def main() -> None:
-    asyncio.run(serve(SPEC, ServiceSettings(service="notifications")))
+    run(SPEC)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
-from chassis.config import ServiceSettings
-from chassis.server import Runtime, ServiceSpec, serve
+from chassis.server import Runtime, ServiceSpec, run
 from dwf.order.v1 import order_gateway_pb2, order_gateway_pb2_grpc
 from services.order_gateway.api import OrderGatewayService
 from services.order_gateway.handlers import consumers
@@ -30,4 +27,4 @@ SPEC = ServiceSpec(
 
 
 def main() -> None:
-    asyncio.run(serve(SPEC, ServiceSettings(service="order_gateway")))
+    run(SPEC)
