@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -43,6 +44,19 @@ async def test_role_is_denied_every_other_schema(databases: Databases, service: 
         await engine.dispose()
 
 
+async def _until_subscribed(client: NatsClient, subscription: Any) -> None:
+    """Prove the server has the subscription: a message we send ourselves comes back.
+    (A flush alone is not enough: nats-py 2.16 can answer it with an earlier PONG.)"""
+    for _ in range(50):
+        await client.publish("dwf.inventory.subscription_probe", b"probe")
+        try:
+            await subscription.next_msg(timeout=0.1)
+            return
+        except nats.errors.TimeoutError:
+            continue
+    raise AssertionError("subscription never became active")
+
+
 async def test_nats_user_may_publish_only_its_own_subjects(scratch_dir: Path) -> None:
     server = EmbeddedNats(scratch_dir / f"nats-perm-{uuid.uuid4().hex[:6]}")
     await asyncio.to_thread(server.start)
@@ -67,9 +81,13 @@ async def test_nats_user_may_publish_only_its_own_subjects(scratch_dir: Path) ->
             server.url, user=watcher_creds.user, password=watcher_creds.password
         )
         own = await watcher.subscribe("dwf.inventory.>")
+        await _until_subscribed(watcher, own)
         await client.publish("dwf.inventory.stock_changed.v1", b"ok")
         await client.flush()
-        assert (await own.next_msg(timeout=5)).data == b"ok"
+        received = await own.next_msg(timeout=5)
+        while received.data == b"probe":  # late copies of the readiness probe
+            received = await own.next_msg(timeout=5)
+        assert received.data == b"ok"
 
         await client.publish("dwf.order_gateway.order_accepted.v1", b"forged")
         await client.flush()
