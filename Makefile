@@ -57,7 +57,7 @@ test: install proto-check buf-lint buf-breaking lint typecheck
 	$(BIN)/pytest -q
 
 bench: install
-	@echo "benchmarks arrive with the service issues (see issues 3-6)"
+	$(BIN)/python -m bench.bench_outbox
 
 clean:
 	rm -rf $(VENV) .dwf .pytest_cache .mypy_cache .ruff_cache

@@ -23,7 +23,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -52,7 +52,6 @@ class EventRecorder:
 
     def __init__(self, producer: str, schema: str) -> None:
         self.producer = producer
-        self.channel = notify_channel(schema)
 
     async def record(
         self,
@@ -103,8 +102,7 @@ class EventRecorder:
                 headers=headers,
             )
         )
-        # Delivered at commit: wakes the relay without polling latency.
-        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
+        # The outbox_notify trigger wakes the relay at commit (chassis.schema).
         return envelope
 
 

@@ -91,11 +91,30 @@ idempotency_key = Table(
 )
 
 
+# Wakes the relay when outbox rows commit (NOTIFY is delivered at commit), without a
+# client round trip per event. The channel is per schema: dwf_outbox_<schema>.
+_NOTIFY_FUNCTION = """
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('dwf_outbox_' || current_schema(), '');
+    RETURN NULL;
+END $$
+"""
+_NOTIFY_TRIGGER = (
+    "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox "
+    "FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()"
+)
+
+
 def create_chassis_tables() -> None:
     """Call from a service's first migration."""
     bind = op.get_bind()
     metadata.create_all(bind)
+    op.execute(_NOTIFY_FUNCTION)
+    op.execute(_NOTIFY_TRIGGER)
 
 
 def drop_chassis_tables() -> None:
+    op.execute("DROP TRIGGER IF EXISTS outbox_notify ON outbox")
+    op.execute("DROP FUNCTION IF EXISTS outbox_notify()")
     metadata.drop_all(op.get_bind())

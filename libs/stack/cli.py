@@ -97,14 +97,14 @@ async def _demo(stack: Stack) -> bool:
     console.print(_endpoints_table(stack))
     checks = await check_services({n: s.address for n, s in stack.services.items()})
     table = Table(title="demo: services")
-    for column in ("service", "address", "health", "reflection lists", "ok"):
+    for column in ("service", "address", "health", "gRPC service (via reflection)", "ok"):
         table.add_column(column)
     for check in checks:
         table.add_row(
             check.service,
             check.address,
             check.health,
-            ", ".join(check.reflected),
+            ", ".join(name for name in check.reflected if name.startswith("dwf.")),
             "[green]yes[/green]" if check.ok else "[red]NO[/red]",
         )
     console.print(table)
