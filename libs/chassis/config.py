@@ -85,6 +85,12 @@ class ServiceSettings(BaseSettings):
         description="Delay before redelivery after the Nth failed attempt (last one repeats).",
     )
 
+    sweep_interval_seconds: float = Field(
+        1.0, gt=0, description="inventory: how often expired holds are looked for."
+    )
+    availability_window_seconds: float = Field(
+        0.5, gt=0, description="inventory: AvailabilityChanged events coalesce over this window."
+    )
     dependency_retry_max_seconds: float = Field(
         5.0, gt=0, description="Cap of the backoff while waiting for Postgres/NATS at start-up."
     )

@@ -106,10 +106,83 @@ _NOTIFY_TRIGGER = (
 )
 
 
+# Frozen DDL of version 1 of the chassis tables (generated once from the metadata above):
+# a migration must create the same tables forever, whatever the metadata becomes. A change
+# to these tables is a new versioned function here, called by a new revision per service.
+CHASSIS_TABLES_V1_DDL = [
+    """
+    CREATE TABLE aggregate_sequence (
+        aggregate_type TEXT NOT NULL,
+        aggregate_id TEXT NOT NULL,
+        last_sequence BIGINT NOT NULL,
+        PRIMARY KEY (aggregate_type, aggregate_id)
+    )
+    """,
+    """
+    CREATE TABLE dead_letter (
+        id BIGINT GENERATED ALWAYS AS IDENTITY,
+        consumer TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        stream_sequence BIGINT NOT NULL,
+        deliveries INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        headers JSONB NOT NULL,
+        dead_lettered_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+        PRIMARY KEY (id)
+    )
+    """,
+    """
+    CREATE UNIQUE INDEX dead_letter_once ON dead_letter (consumer, event_id, stream_sequence)
+    """,
+    """
+    CREATE TABLE idempotency_key (
+        method TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        response BYTEA,
+        created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+        PRIMARY KEY (method, request_id)
+    )
+    """,
+    """
+    CREATE TABLE inbox (
+        consumer TEXT NOT NULL,
+        event_id UUID NOT NULL,
+        event_type TEXT NOT NULL,
+        received_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+        PRIMARY KEY (consumer, event_id)
+    )
+    """,
+    """
+    CREATE TABLE outbox (
+        position BIGINT GENERATED ALWAYS AS IDENTITY,
+        event_id UUID NOT NULL,
+        subject TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        aggregate_type TEXT NOT NULL,
+        aggregate_id TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        body BYTEA NOT NULL,
+        headers JSONB NOT NULL,
+        created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+        published_at TIMESTAMP WITH TIME ZONE,
+        PRIMARY KEY (position),
+        UNIQUE (event_id)
+    )
+    """,
+    """
+    CREATE INDEX outbox_unpublished ON outbox (position) WHERE published_at IS NULL
+    """,
+]
+
+
 def create_chassis_tables() -> None:
     """Call from a service's first migration."""
-    bind = op.get_bind()
-    metadata.create_all(bind)
+    for statement in CHASSIS_TABLES_V1_DDL:
+        op.execute(statement)
     op.execute(_NOTIFY_FUNCTION)
     op.execute(_NOTIFY_TRIGGER)
 
@@ -117,4 +190,5 @@ def create_chassis_tables() -> None:
 def drop_chassis_tables() -> None:
     op.execute("DROP TRIGGER IF EXISTS outbox_notify ON outbox")
     op.execute("DROP FUNCTION IF EXISTS outbox_notify()")
-    metadata.drop_all(op.get_bind())
+    for table in reversed(metadata.sorted_tables):
+        op.execute(f"DROP TABLE IF EXISTS {table.name}")

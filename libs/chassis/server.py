@@ -15,6 +15,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,6 +31,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 from chassis import bus, db
 from chassis.config import ServiceSettings
 from chassis.events import DLQ, STREAMS
+from chassis.idempotency import ResponseT, run_once
 from chassis.interceptors import ChassisInterceptor
 from chassis.logs import configure_logging
 from chassis.outbox import EventRecorder, OutboxRelay
@@ -55,6 +57,24 @@ class Runtime:
         self.events = EventRecorder(settings.service, settings.schema_name)
         self.nats: NatsClient | None = None
 
+    async def once(
+        self,
+        method: str,
+        request: Any,
+        response_type: type[ResponseT],
+        work: Callable[[AsyncSession], Awaitable[ResponseT]],
+    ) -> ResponseT:
+        """Run a mutating RPC's work in one transaction, once per request_id (AIP-155)."""
+        async with self.sessions.begin() as session:
+            return await run_once(
+                session,
+                method=method,
+                request_id=request.request_id,
+                request=request,
+                response_type=response_type,
+                work=partial(work, session),
+            )
+
     @property
     def js(self) -> JetStreamContext:
         if self.nats is None:
@@ -64,9 +84,16 @@ class Runtime:
 
 Register = Callable[[grpc.aio.Server, Runtime], None]
 Consumers = Callable[[Runtime], Sequence[bus.ConsumerSpec]]
+# A named background loop of a service (e.g. a sweeper); it returns when the event is set.
+Worker = tuple[str, Callable[[asyncio.Event], Awaitable[None]]]
+Workers = Callable[[Runtime], Sequence[Worker]]
 
 
 def _no_consumers(_: Runtime) -> Sequence[bus.ConsumerSpec]:
+    return ()
+
+
+def _no_workers(_: Runtime) -> Sequence[Worker]:
     return ()
 
 
@@ -78,6 +105,7 @@ class ServiceSpec:
     grpc_services: Sequence[str]  # full names, for health and reflection
     register: Register
     consumers: Consumers = field(default=_no_consumers)
+    workers: Workers = field(default=_no_workers)
 
 
 def _server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials:
@@ -183,6 +211,8 @@ class ServiceApp:
                 backoff_seconds=self.settings.consumer_backoff_seconds,
             )
             workers.append((f"consumer {consumer_spec.durable}", partial(consumer.run, self._stop)))
+        for name, loop in self.spec.workers(self.runtime):
+            workers.append((name, partial(loop, self._stop)))
         await asyncio.gather(*(self._supervise(name, run) for name, run in workers))
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -54,6 +56,29 @@ def migrate(service: ServiceArg) -> None:
 
     asyncio.run(_run())
     console.print(f"[green]{service}: migrations applied[/green]")
+
+
+@app.command("inventory-load")
+def inventory_load(
+    path: Annotated[Path, typer.Argument(help="JSON: warehouses, items, safety_stock")],
+) -> None:
+    """Load inventory master data (warehouses, items, safety stock) with the inventory role."""
+    from chassis import db
+    from services.inventory.store.stock import load_master_data
+
+    settings = ServiceSettings(service="inventory")
+    data = json.loads(path.read_text())
+
+    async def _run() -> dict[str, int]:
+        engine = db.engine_for(settings)
+        try:
+            async with db.session_factory(engine).begin() as session:
+                return await load_master_data(session, data)
+        finally:
+            await engine.dispose()
+
+    counts = asyncio.run(_run())
+    console.print(f"[green]inventory master data loaded:[/green] {counts}")
 
 
 def _endpoints_table(stack: Stack) -> Table:

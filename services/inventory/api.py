@@ -1,14 +1,840 @@
-"""gRPC API of the inventory service: proto ↔ domain translation and validation.
+"""gRPC API of the inventory service: proto ↔ domain translation, validation, and the
+transaction script of each RPC (decisions in ``domain``, SQL in ``store.stock``).
 
-RPCs not overridden here answer UNIMPLEMENTED (with ErrorInfo) until their issue lands.
+Validation happens before any transaction, so a refused request writes nothing. Every
+mutating RPC runs through ``Runtime.once`` (request_id idempotency, one transaction with its
+outbox events). RPCs not overridden here answer UNIMPLEMENTED until their part lands.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chassis.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PreconditionViolation,
+)
 from chassis.server import Runtime
-from dwf.inventory.v1 import inventory_pb2_grpc
+from chassis.validation import Violations
+from dwf.inventory.v1 import events_pb2, inventory_pb2, inventory_pb2_grpc
+from services.inventory import domain
+from services.inventory.store import stock
+
+pb = inventory_pb2
+HOLD, ORDER = "HOLD", "ORDER"
+OWNER_TYPES = {pb.RESERVATION_OWNER_TYPE_HOLD: HOLD, pb.RESERVATION_OWNER_TYPE_ORDER: ORDER}
+OWNER_ENUM = {name: value for value, name in OWNER_TYPES.items()}
+MODE_NAMES = {pb.RESERVATION_MODE_PARTIAL: "PARTIAL"}
+STATE_ENUM = {
+    "ACTIVE": pb.RESERVATION_STATE_ACTIVE,
+    "RELEASED": pb.RESERVATION_STATE_RELEASED,
+    "EXPIRED": pb.RESERVATION_STATE_EXPIRED,
+    "CONSUMED": pb.RESERVATION_STATE_CONSUMED,
+}
+MOVEMENT_KINDS = {
+    pb.MOVEMENT_KIND_RECEIPT: "RECEIPT",
+    pb.MOVEMENT_KIND_ADJUSTMENT: "ADJUSTMENT",
+    pb.MOVEMENT_KIND_SHIPMENT: "SHIPMENT",
+    pb.MOVEMENT_KIND_RETURN: "RETURN",
+    pb.MOVEMENT_KIND_RECONCILIATION: "RECONCILIATION",
+}
+MOVEMENT_ENUM = {name: value for value, name in MOVEMENT_KINDS.items()}
+SUPPLY_KINDS = {
+    pb.SUPPLY_KIND_PURCHASE_ORDER: "PURCHASE_ORDER",
+    pb.SUPPLY_KIND_TRANSFER: "TRANSFER",
+    pb.SUPPLY_KIND_OTHER: "OTHER",
+}
+SUPPLY_ENUM = {name: value for value, name in SUPPLY_KINDS.items()}
+MAX_SKUS = 1000
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+# --- conversions ------------------------------------------------------------------------
+
+
+def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def reservation_proto(record: stock.ReservationRecord) -> pb.Reservation:
+    return pb.Reservation(
+        reservation_id=record.reservation_id,
+        owner=pb.ReservationOwner(type=OWNER_ENUM[record.owner_type], owner_id=record.owner_id),
+        channel_id=record.channel_id,
+        mode=pb.RESERVATION_MODE_PARTIAL
+        if record.mode == "PARTIAL"
+        else pb.RESERVATION_MODE_ALL_OR_NOTHING,
+        state=STATE_ENUM[record.state],
+        lines=[line_proto(line) for line in record.lines],
+        created_at=ts(record.created_at),
+        updated_at=ts(record.updated_at),
+        expires_at=ts(record.expires_at),
+    )
+
+
+def line_proto(line: stock.ReservationLineRecord) -> pb.ReservationLine:
+    return pb.ReservationLine(
+        line_id=line.line_id,
+        sku=line.sku,
+        requested_quantity=line.requested,
+        reserved_quantity=line.reserved,
+        warehouses=[
+            pb.WarehouseQuantity(warehouse_id=wh, quantity=qty)
+            for wh, qty in sorted(line.holds.items())
+        ],
+    )
+
+
+def level_proto(row: Any, incoming: int = 0) -> pb.StockLevel:
+    position = domain.StockPosition(
+        row.sku, row.warehouse, row.on_hand, row.reserved, row.allocated, row.safety_stock
+    )
+    return pb.StockLevel(
+        sku=row.sku,
+        warehouse_id=row.warehouse,
+        on_hand=row.on_hand,
+        reserved=row.reserved,
+        allocated=row.allocated,
+        safety_stock=row.safety_stock,
+        available=position.available,
+        incoming=incoming,
+        updated_at=ts(row.updated_at),
+    )
+
+
+def ledger_proto(row: Any) -> pb.LedgerEntry:
+    return pb.LedgerEntry(
+        entry_id=row.entry_id,
+        sku=row.sku,
+        warehouse_id=row.warehouse,
+        kind=MOVEMENT_ENUM[row.kind],
+        quantity_delta=row.quantity_delta,
+        on_hand_after=row.on_hand_after,
+        sequence=row.sequence,
+        reference=row.reference,
+        order_id=row.order_id,
+        line_id=row.line_id,
+        reason=row.reason,
+        occurred_at=ts(row.occurred_at),
+        recorded_at=ts(row.recorded_at),
+    )
+
+
+def supply_proto(row: Any) -> pb.IncomingSupply:
+    return pb.IncomingSupply(
+        supply_id=row.supply_id,
+        sku=row.sku,
+        warehouse_id=row.warehouse,
+        kind=SUPPLY_ENUM[row.kind],
+        quantity=row.quantity,
+        expected_at=ts(row.expected_at),
+        updated_at=ts(row.updated_at),
+    )
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def check_lines(v: Violations, lines: Sequence[pb.LineItem], field: str = "lines") -> None:
+    if not v.check(1 <= len(lines) <= domain.MAX_LINES, field, "1 to 1000 lines"):
+        return
+    seen: set[str] = set()
+    for i, line in enumerate(lines):
+        v.check(bool(line.line_id), f"{field}[{i}].line_id", "required")
+        v.check(line.line_id not in seen, f"{field}[{i}].line_id", "duplicate line_id")
+        seen.add(line.line_id)
+        v.check(bool(line.sku), f"{field}[{i}].sku", "required")
+        v.check(line.quantity > 0, f"{field}[{i}].quantity", "must be > 0")
+
+
+def check_ttl(v: Violations, request: Any, field: str = "ttl") -> float | None:
+    if not request.HasField("ttl"):
+        v.add(field, "required for a hold: > 0 and <= 60 minutes")
+        return None
+    seconds = request.ttl.ToTimedelta().total_seconds()
+    if not v.check(
+        0 < seconds <= domain.MAX_HOLD_TTL.total_seconds(), field, "must be > 0 and <= 60 minutes"
+    ):
+        return None
+    return float(seconds)
+
+
+def domain_lines(lines: Sequence[pb.LineItem]) -> list[domain.Line]:
+    return [domain.Line(line.line_id, line.sku, line.quantity) for line in lines]
+
+
+async def require_known_skus(
+    session: AsyncSession, skus: Sequence[str], field: str = "lines"
+) -> None:
+    known = await stock.known_skus(session, skus)
+    unknown = [
+        FieldViolation(f"{field}[{i}].sku", f"unknown SKU {sku!r}")
+        for i, sku in enumerate(skus)
+        if sku not in known
+    ]
+    if unknown:
+        raise InvalidArgument(unknown, reason="UNKNOWN_SKU")
+
+
+async def require_warehouses(session: AsyncSession, codes: Sequence[str], field: str) -> None:
+    known = await stock.warehouses_by_code(session)
+    unknown = [
+        FieldViolation(f"{field}[{i}]" if len(codes) > 1 else field, f"unknown warehouse {c!r}")
+        for i, c in enumerate(codes)
+        if c not in known
+    ]
+    if unknown:
+        raise InvalidArgument(unknown, reason="UNKNOWN_WAREHOUSE")
+
+
+def shortfall_protos(plan: domain.ReservationPlan) -> list[pb.ReservationShortfall]:
+    return [
+        pb.ReservationShortfall(
+            line_id=line.line.line_id,
+            sku=line.line.sku,
+            requested_quantity=line.line.quantity,
+            available_quantity=line.reserved,
+        )
+        for line in plan.shortfalls
+    ]
+
+
+def not_active(reservation_id: str, state: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"reservation {reservation_id} is {state.lower()}, not active",
+        "RESERVATION_NOT_ACTIVE",
+        [PreconditionViolation("RESERVATION_STATE", reservation_id, f"state is {state}")],
+        {"reservation_id": reservation_id, "state": state},
+    )
+
+
+def is_lapsed(record: stock.ReservationRecord, now: datetime) -> bool:
+    return record.state != stock.ACTIVE or (
+        record.expires_at is not None and record.expires_at <= now
+    )
 
 
 class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    async def _event(
+        self, session: AsyncSession, aggregate_type: str, aggregate_id: str, payload: Any
+    ) -> None:
+        await self.runtime.events.record(
+            session, aggregate_type=aggregate_type, aggregate_id=aggregate_id, payload=payload
+        )
+
+    # --- reservations -------------------------------------------------------------------
+
+    async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        owner_type = OWNER_TYPES.get(request.owner.type)
+        v.check(owner_type is not None, "owner.type", "HOLD or ORDER")
+        v.check(bool(request.owner.owner_id), "owner.owner_id", "required")
+        v.check(bool(request.channel_id), "channel_id", "required")
+        ttl: float | None = None
+        if owner_type == HOLD:
+            ttl = check_ttl(v, request)
+        elif owner_type == ORDER:
+            v.check(not request.HasField("ttl"), "ttl", "must be unset for an ORDER reservation")
+        check_lines(v, request.lines)
+        v.raise_if_any()
+        assert owner_type is not None
+
+        async def work(session: AsyncSession) -> pb.ReserveResponse:
+            lines = domain_lines(request.lines)
+            await require_known_skus(session, [line.sku for line in lines])
+            if await stock.active_reservation_of(session, owner_type, request.owner.owner_id):
+                raise AlreadyExists(
+                    f"{owner_type} {request.owner.owner_id} already has an active reservation",
+                    reason="OWNER_HAS_RESERVATION",
+                    owner_id=request.owner.owner_id,
+                )
+            ranked = await self._ranked(session, request.channel_id)
+            positions = await stock.lock_positions(session, [ln.sku for ln in lines], ranked)
+            mode = (
+                domain.Mode.PARTIAL
+                if request.mode == pb.RESERVATION_MODE_PARTIAL
+                else domain.Mode.ALL_OR_NOTHING
+            )
+            plan = domain.plan_reservation(lines, positions, ranked, mode)
+            shortfalls = shortfall_protos(plan)
+            if (mode is domain.Mode.ALL_OR_NOTHING and plan.shortfalls) or not plan.reserved_total:
+                return pb.ReserveResponse(shortfalls=shortfalls)
+            await stock.add_reserved(session, plan.take())
+            try:
+                reservation_id = await stock.insert_reservation(
+                    session,
+                    owner_type=owner_type,
+                    owner_id=request.owner.owner_id,
+                    channel_id=request.channel_id,
+                    mode=mode.name,
+                    ttl_seconds=ttl,
+                    lines=lines,
+                    holds={line.line.line_id: line.by_warehouse for line in plan.lines},
+                )
+            except IntegrityError as exc:  # a concurrent request for the same owner won
+                raise AlreadyExists(
+                    "the owner already has an active reservation",
+                    reason="OWNER_HAS_RESERVATION",
+                    owner_id=request.owner.owner_id,
+                ) from exc
+            record = await stock.load_reservation(session, reservation_id)
+            assert record is not None
+            reservation = reservation_proto(record)
+            await self._event(
+                session,
+                "reservation",
+                reservation_id,
+                events_pb2.ReservationCreated(reservation=reservation),
+            )
+            return pb.ReserveResponse(reservation=reservation, shortfalls=shortfalls)
+
+        return await self.runtime.once("Reserve", request, pb.ReserveResponse, work)
+
+    async def _ranked(self, session: AsyncSession, channel_id: str) -> list[str]:
+        warehouses = stock.eligible((await stock.warehouses_by_code(session)).values(), channel_id)
+        if not warehouses:
+            raise FailedPrecondition(
+                f"no warehouse serves channel {channel_id!r}",
+                "NO_ELIGIBLE_WAREHOUSE",
+                [PreconditionViolation("CHANNEL_WAREHOUSES", channel_id, "no warehouse")],
+            )
+        return stock.by_priority(warehouses)
+
+    async def _locked_reservation(
+        self, session: AsyncSession, reservation_id: str
+    ) -> stock.ReservationRecord:
+        record = await stock.load_reservation(session, reservation_id, lock=True)
+        if record is None:
+            raise NotFound(
+                f"reservation {reservation_id!r} not found",
+                reason="RESERVATION_NOT_FOUND",
+                reservation_id=reservation_id,
+            )
+        return record
+
+    async def ExtendReservation(
+        self, request: pb.ExtendReservationRequest, context: Any
+    ) -> pb.ExtendReservationResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        v.check(bool(request.reservation_id), "reservation_id", "required")
+        ttl = check_ttl(v, request)
+        v.raise_if_any()
+        assert ttl is not None
+
+        async def work(session: AsyncSession) -> pb.ExtendReservationResponse:
+            record = await self._locked_reservation(session, request.reservation_id)
+            if record.owner_type != HOLD:
+                raise FailedPrecondition(
+                    "only a HOLD reservation expires",
+                    "NOT_A_HOLD",
+                    [PreconditionViolation("OWNER_TYPE", record.reservation_id, "ORDER")],
+                )
+            now = await stock.now(session)
+            if is_lapsed(record, now):
+                raise not_active(
+                    record.reservation_id,
+                    "EXPIRED" if record.state == stock.ACTIVE else record.state,
+                )
+            previous = record.expires_at
+            assert previous is not None
+            expires = max(previous, now + timedelta(seconds=ttl))
+            await stock.update_reservation(session, record.reservation_id, expires_at=expires)
+            updated = await stock.load_reservation(session, record.reservation_id)
+            assert updated is not None
+            await self._event(
+                session,
+                "reservation",
+                record.reservation_id,
+                events_pb2.ReservationExtended(
+                    reservation_id=record.reservation_id,
+                    owner=pb.ReservationOwner(
+                        type=pb.RESERVATION_OWNER_TYPE_HOLD, owner_id=record.owner_id
+                    ),
+                    previous_expires_at=ts(previous),
+                    expires_at=ts(expires),
+                ),
+            )
+            return pb.ExtendReservationResponse(reservation=reservation_proto(updated))
+
+        return await self.runtime.once(
+            "ExtendReservation", request, pb.ExtendReservationResponse, work
+        )
+
+    async def ReleaseReservation(
+        self, request: pb.ReleaseReservationRequest, context: Any
+    ) -> pb.ReleaseReservationResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        v.check(bool(request.reservation_id), "reservation_id", "required")
+        for i, selection in enumerate(request.lines):
+            v.check(bool(selection.line_id), f"lines[{i}].line_id", "required")
+            v.check(selection.quantity >= 0, f"lines[{i}].quantity", "must be >= 0")
+        v.raise_if_any()
+
+        async def work(session: AsyncSession) -> pb.ReleaseReservationResponse:
+            record = await self._locked_reservation(session, request.reservation_id)
+            if record.state != stock.ACTIVE:
+                return pb.ReleaseReservationResponse(reservation=reservation_proto(record))
+            line_ids = {line.line_id for line in record.lines}
+            unknown = [
+                FieldViolation(f"lines[{i}].line_id", "not a line of this reservation")
+                for i, sel in enumerate(request.lines)
+                if sel.line_id not in line_ids
+            ]
+            if unknown:
+                raise InvalidArgument(unknown)
+            wanted = {sel.line_id: sel.quantity for sel in request.lines}
+            released = await self._release(session, record, wanted or None)
+            now = await stock.now(session)
+            state = stock.ACTIVE if any(line.holds for line in record.lines) else "RELEASED"
+            await stock.update_reservation(session, record.reservation_id, state=state)
+            updated = await stock.load_reservation(session, record.reservation_id)
+            assert updated is not None
+            reservation = reservation_proto(updated)
+            await self._event(
+                session,
+                "reservation",
+                record.reservation_id,
+                events_pb2.ReservationReleased(
+                    reservation=reservation,
+                    released=released,
+                    reason=request.reason,
+                    released_at=ts(now),
+                ),
+            )
+            return pb.ReleaseReservationResponse(reservation=reservation)
+
+        return await self.runtime.once(
+            "ReleaseReservation", request, pb.ReleaseReservationResponse, work
+        )
+
+    async def _release(
+        self,
+        session: AsyncSession,
+        record: stock.ReservationRecord,
+        wanted: dict[str, int] | None,
+    ) -> list[pb.ReservationLine]:
+        """Give held stock back: everything (``wanted`` None) or per line (0 = all of it)."""
+        deltas: dict[tuple[str, str], int] = {}
+        released: list[pb.ReservationLine] = []
+        for line in record.lines:
+            if wanted is not None and line.line_id not in wanted:
+                continue
+            remaining = line.reserved if wanted is None else wanted[line.line_id] or line.reserved
+            remaining = min(remaining, line.reserved)
+            freed: dict[str, int] = {}
+            for wh in sorted(line.holds, reverse=True):  # give back from the last source
+                take = min(remaining, line.holds[wh])
+                if take:
+                    freed[wh] = take
+                    line.holds[wh] -= take
+                    remaining -= take
+                    deltas[(line.sku, wh)] = deltas.get((line.sku, wh), 0) - take
+            line.holds = {wh: q for wh, q in line.holds.items() if q > 0}
+            if freed:
+                released.append(
+                    line_proto(
+                        stock.ReservationLineRecord(line.line_id, line.sku, line.requested, freed)
+                    )
+                )
+        await stock.lock_positions(session, [s for s, _ in deltas], [w for _, w in deltas])
+        await stock.add_reserved(session, deltas)
+        await stock.set_holds(session, record)
+        return released
+
+    async def expire(self, session: AsyncSession, reservation_id: str) -> None:
+        """Called by the sweeper with the reservation row already locked."""
+        record = await stock.load_reservation(session, reservation_id, lock=True)
+        if record is None or record.state != stock.ACTIVE:
+            return
+        expired = await self._release(session, record, None)
+        await stock.update_reservation(session, reservation_id, state="EXPIRED")
+        updated = await stock.load_reservation(session, reservation_id)
+        assert updated is not None
+        await self._event(
+            session,
+            "reservation",
+            reservation_id,
+            events_pb2.ReservationExpired(
+                reservation=reservation_proto(updated),
+                expired=expired,
+                expired_at=ts(record.expires_at),
+            ),
+        )
+
+    async def CommitReservation(
+        self, request: pb.CommitReservationRequest, context: Any
+    ) -> pb.CommitReservationResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        v.check(bool(request.reservation_id), "reservation_id", "required")
+        v.check(bool(request.order_id), "order_id", "required")
+        check_lines(v, request.lines)
+        v.raise_if_any()
+
+        async def work(session: AsyncSession) -> pb.CommitReservationResponse:
+            record = await self._locked_reservation(session, request.reservation_id)
+            if record.owner_type != HOLD:
+                raise FailedPrecondition(
+                    "only a HOLD reservation can be committed",
+                    "NOT_A_HOLD",
+                    [PreconditionViolation("OWNER_TYPE", record.reservation_id, "ORDER")],
+                )
+            now = await stock.now(session)
+            if is_lapsed(record, now):
+                raise not_active(
+                    record.reservation_id,
+                    "EXPIRED" if record.state == stock.ACTIVE else record.state,
+                )
+            lines = domain_lines(request.lines)
+            await require_known_skus(session, [line.sku for line in lines])
+            if await stock.active_reservation_of(session, ORDER, request.order_id):
+                raise AlreadyExists(
+                    "the order already has an active reservation",
+                    reason="OWNER_HAS_RESERVATION",
+                    owner_id=request.order_id,
+                )
+            ranked = await self._ranked(session, record.channel_id)
+            held = record.holds()
+            skus = {line.sku for line in lines} | {sku for sku, _ in held}
+            positions = await stock.lock_positions(
+                session, skus, set(ranked) | {wh for _, wh in held}
+            )
+            # Match held stock to the order's lines by SKU, best-ranked warehouse first.
+            pool = dict(held)
+            order_of = {wh: i for i, wh in enumerate(ranked)}
+            new_lines: list[stock.ReservationLineRecord] = []
+            short: list[domain.Line] = []
+            for line in lines:
+                need, holds = line.quantity, {}
+                for sku_wh in sorted(
+                    (k for k in pool if k[0] == line.sku),
+                    key=lambda k: order_of.get(k[1], len(order_of)),
+                ):
+                    take = min(need, pool[sku_wh])
+                    if take:
+                        holds[sku_wh[1]] = take
+                        pool[sku_wh] -= take
+                        need -= take
+                new_lines.append(
+                    stock.ReservationLineRecord(line.line_id, line.sku, line.quantity, holds)
+                )
+                if need:
+                    short.append(domain.Line(line.line_id, line.sku, need))
+            deltas = {key: -qty for key, qty in pool.items() if qty}  # excess goes back
+            if request.reserve_shortfall and short:
+                freed = {k: p for k, p in positions.items()}
+                for key, delta in deltas.items():  # released excess is available again
+                    if key in freed:
+                        freed[key] = domain.apply_release(freed[key], -delta)
+                extra = domain.plan_reservation(short, freed, ranked, domain.Mode.PARTIAL)
+                by_id = {line.line_id: line for line in new_lines}
+                for planned in extra.lines:
+                    for wh, qty in planned.by_warehouse.items():
+                        target = by_id[planned.line.line_id].holds
+                        target[wh] = target.get(wh, 0) + qty
+                        key = (planned.line.sku, wh)
+                        deltas[key] = deltas.get(key, 0) + qty
+            await stock.add_reserved(session, {k: d for k, d in deltas.items() if d < 0})
+            await stock.add_reserved(session, {k: d for k, d in deltas.items() if d > 0})
+            shortfalls = [
+                pb.ReservationShortfall(
+                    line_id=ln.line_id,
+                    sku=ln.sku,
+                    requested_quantity=ln.requested,
+                    available_quantity=ln.reserved,
+                )
+                for ln in new_lines
+                if ln.reserved < ln.requested
+            ]
+            record.lines = new_lines
+            await stock.replace_lines(session, record)
+            await stock.update_reservation(
+                session,
+                record.reservation_id,
+                owner_type=ORDER,
+                owner_id=request.order_id,
+                expires_at=None,
+            )
+            updated = await stock.load_reservation(session, record.reservation_id)
+            assert updated is not None
+            reservation = reservation_proto(updated)
+            await self._event(
+                session,
+                "reservation",
+                record.reservation_id,
+                events_pb2.ReservationCommitted(
+                    reservation=reservation,
+                    hold_id=record.owner_id,
+                    order_id=request.order_id,
+                    shortfalls=shortfalls,
+                ),
+            )
+            return pb.CommitReservationResponse(reservation=reservation, shortfalls=shortfalls)
+
+        return await self.runtime.once(
+            "CommitReservation", request, pb.CommitReservationResponse, work
+        )
+
+    # --- stock ---------------------------------------------------------------------------
+
+    async def GetAvailability(
+        self, request: pb.GetAvailabilityRequest, context: Any
+    ) -> pb.GetAvailabilityResponse:
+        v = Violations()
+        v.check(1 <= len(request.skus) <= MAX_SKUS, "skus", "1 to 1000 SKUs")
+        for i, sku in enumerate(request.skus):
+            v.check(bool(sku), f"skus[{i}]", "must not be empty")
+        v.raise_if_any()
+        async with self.runtime.sessions() as session:
+            if request.warehouse_ids:
+                await require_warehouses(session, list(request.warehouse_ids), "warehouse_ids")
+            warehouses = await stock.warehouses_by_code(session)
+            rows = await stock.read_positions(session, request.skus, request.warehouse_ids)
+            supplies = await stock.supplies_for(session, request.skus)
+            as_of = await stock.now(session)
+        incoming: dict[tuple[str, str], int] = {}
+        for supply in supplies:
+            key = (supply.sku, supply.warehouse)
+            incoming[key] = incoming.get(key, 0) + supply.quantity
+        by_sku: dict[str, list[Any]] = {}
+        for row in rows:
+            by_sku.setdefault(row.sku, []).append(row)
+        answer = pb.GetAvailabilityResponse(as_of=ts(as_of))
+        for sku in request.skus:
+            levels = [
+                level_proto(row, incoming.get((sku, row.warehouse), 0))
+                for row in by_sku.get(sku, [])
+            ]
+            totals = []
+            for channel in request.channel_ids:
+                serving = {w.code for w in stock.eligible(warehouses.values(), channel)}
+                totals.append(
+                    pb.ChannelAvailability(
+                        channel_id=channel,
+                        sku=sku,
+                        available=sum(
+                            max(lv.available, 0) for lv in levels if lv.warehouse_id in serving
+                        ),
+                    )
+                )
+            answer.skus.append(
+                pb.SkuAvailability(
+                    sku=sku,
+                    warehouses=levels,
+                    total_available=sum(max(level.available, 0) for level in levels),
+                    channel_totals=totals,
+                    incoming_supplies=[supply_proto(s) for s in supplies if s.sku == sku],
+                )
+            )
+        return answer
+
+    async def RecordStockMovement(
+        self, request: pb.RecordStockMovementRequest, context: Any
+    ) -> pb.RecordStockMovementResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        kind = MOVEMENT_KINDS.get(request.kind)
+        v.check(bool(request.sku), "sku", "required")
+        v.check(bool(request.warehouse_id), "warehouse_id", "required")
+        if v.check(kind is not None, "kind", "RECEIPT, ADJUSTMENT, SHIPMENT or RETURN"):
+            v.check(kind != "RECONCILIATION", "kind", "RECONCILIATION is written by Reconcile")
+            delta = request.quantity_delta
+            if kind in ("RECEIPT", "RETURN"):
+                v.check(delta > 0, "quantity_delta", f"must be > 0 for {kind}")
+            elif kind == "SHIPMENT":
+                v.check(delta < 0, "quantity_delta", "must be < 0 for SHIPMENT")
+            else:
+                v.check(delta != 0, "quantity_delta", "must not be 0")
+            if kind in ("RECEIPT", "SHIPMENT", "RETURN"):
+                v.check(bool(request.reference), "reference", f"required for {kind}")
+            if kind in ("SHIPMENT", "RETURN"):
+                v.check(bool(request.order_id), "order_id", f"required for {kind}")
+                v.check(bool(request.line_id), "line_id", f"required for {kind}")
+            if kind == "ADJUSTMENT":
+                v.check(bool(request.reason), "reason", "required for ADJUSTMENT")
+        v.raise_if_any()
+        assert kind is not None
+        movement = stock.Movement(
+            sku=request.sku,
+            warehouse=request.warehouse_id,
+            kind=kind,
+            quantity_delta=request.quantity_delta,
+            reference=request.reference,
+            order_id=request.order_id,
+            line_id=request.line_id,
+            reason=request.reason,
+            occurred_at=request.occurred_at.ToDatetime(UTC)
+            if request.HasField("occurred_at")
+            else None,
+        )
+
+        async def work(session: AsyncSession) -> pb.RecordStockMovementResponse:
+            await require_known_skus(session, [request.sku], "sku")
+            await require_warehouses(session, [request.warehouse_id], "warehouse_id")
+            existing = await stock.existing_movement(session, movement)
+            if existing is not None:
+                rows = await stock.read_positions(session, [movement.sku], [movement.warehouse])
+                return pb.RecordStockMovementResponse(
+                    entry=ledger_proto(existing), level=level_proto(rows[0]), duplicate=True
+                )
+            entry, position = await stock.append_ledger(session, movement)
+            if entry is None:
+                raise FailedPrecondition(
+                    "on-hand would become negative",
+                    "NEGATIVE_ON_HAND",
+                    [
+                        PreconditionViolation(
+                            "ON_HAND",
+                            f"{movement.sku}@{movement.warehouse}",
+                            f"on_hand is {position.on_hand}",
+                        )
+                    ],
+                )
+            level = level_proto(position)
+            await self._event(
+                session,
+                "stock_item",
+                f"{movement.warehouse}:{movement.sku}",
+                events_pb2.StockChanged(entry=ledger_proto(entry), level=level),
+            )
+            return pb.RecordStockMovementResponse(entry=ledger_proto(entry), level=level)
+
+        return await self.runtime.once(
+            "RecordStockMovement", request, pb.RecordStockMovementResponse, work
+        )
+
+    async def SetIncomingSupply(
+        self, request: pb.SetIncomingSupplyRequest, context: Any
+    ) -> pb.SetIncomingSupplyResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        v.check(1 <= len(request.supplies) <= 1000, "supplies", "1 to 1000 supplies")
+        for i, s in enumerate(request.supplies):
+            f = f"supplies[{i}]"
+            v.check(bool(s.supply_id), f"{f}.supply_id", "required")
+            v.check(bool(s.sku), f"{f}.sku", "required")
+            v.check(bool(s.warehouse_id), f"{f}.warehouse_id", "required")
+            v.check(s.kind in SUPPLY_KINDS, f"{f}.kind", "PURCHASE_ORDER, TRANSFER or OTHER")
+            v.check(s.quantity >= 0, f"{f}.quantity", "must be >= 0 (0 removes the supply)")
+            v.check(
+                s.quantity == 0 or s.HasField("expected_at"),
+                f"{f}.expected_at",
+                "required when quantity > 0",
+            )
+        v.raise_if_any()
+
+        async def work(session: AsyncSession) -> pb.SetIncomingSupplyResponse:
+            await require_known_skus(session, [s.sku for s in request.supplies], "supplies")
+            await require_warehouses(
+                session, [s.warehouse_id for s in request.supplies], "supplies"
+            )
+            answer = pb.SetIncomingSupplyResponse()
+            for s in request.supplies:
+                row = await stock.upsert_supply(
+                    session,
+                    {
+                        "supply_id": s.supply_id,
+                        "sku": s.sku,
+                        "warehouse": s.warehouse_id,
+                        "kind": SUPPLY_KINDS[s.kind],
+                        "quantity": s.quantity,
+                        "expected_at": s.expected_at.ToDatetime(UTC),
+                    },
+                )
+                answer.supplies.append(
+                    supply_proto(row)
+                    if row is not None
+                    else pb.IncomingSupply(
+                        supply_id=s.supply_id,
+                        sku=s.sku,
+                        warehouse_id=s.warehouse_id,
+                        kind=s.kind,
+                        quantity=0,
+                    )
+                )
+            return answer
+
+        return await self.runtime.once(
+            "SetIncomingSupply", request, pb.SetIncomingSupplyResponse, work
+        )
+
+    async def ListLedger(
+        self, request: pb.ListLedgerRequest, context: Any
+    ) -> pb.ListLedgerResponse:
+        v = Violations()
+        v.check(request.page_size >= 0, "page_size", "must be >= 0")
+        kinds = []
+        for i, kind in enumerate(request.kinds):
+            if v.check(kind in MOVEMENT_KINDS, f"kinds[{i}]", "unknown movement kind"):
+                kinds.append(MOVEMENT_KINDS[kind])
+        filters = request.__class__()
+        filters.CopyFrom(request)
+        filters.ClearField("page_size")
+        filters.ClearField("page_token")
+        fingerprint = hashlib.sha256(filters.SerializeToString(deterministic=True)).hexdigest()[:16]
+        after = None
+        if request.page_token:
+            after = decode_token(request.page_token, fingerprint)
+            v.check(
+                after is not None, "page_token", "invalid, or from a call with different filters"
+            )
+        v.raise_if_any()
+        limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        async with self.runtime.sessions() as session:
+            rows = await stock.list_ledger(
+                session,
+                limit=limit + 1,
+                after=after,
+                sku=request.sku,
+                warehouse_code=request.warehouse_id,
+                kinds=kinds,
+                order_id=request.order_id,
+                occurred_after=request.occurred_after.ToDatetime(UTC)
+                if request.HasField("occurred_after")
+                else None,
+                occurred_before=request.occurred_before.ToDatetime(UTC)
+                if request.HasField("occurred_before")
+                else None,
+            )
+        page, more = rows[:limit], len(rows) > limit
+        token = encode_token(page[-1].recorded_at, page[-1].entry_id, fingerprint) if more else ""
+        return pb.ListLedgerResponse(entries=[ledger_proto(r) for r in page], next_page_token=token)
+
+
+def encode_token(recorded_at: datetime, entry_id: str, fingerprint: str) -> str:
+    raw = f"{fingerprint}|{recorded_at.isoformat()}|{entry_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_token(token: str, fingerprint: str) -> tuple[datetime, str] | None:
+    try:
+        stamp, recorded_at, entry_id = base64.urlsafe_b64decode(token).decode().split("|")
+        if stamp != fingerprint:
+            return None
+        return datetime.fromisoformat(recorded_at), str(uuid.UUID(entry_id))
+    except (ValueError, UnicodeDecodeError):
+        return None

@@ -7,15 +7,20 @@ import grpc
 from chassis.server import Runtime, ServiceSpec, run
 from dwf.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from services.inventory.api import InventoryService
-from services.inventory.handlers import consumers
+from services.inventory.handlers import consumers, workers
+
+
+def _service(runtime: Runtime) -> InventoryService:
+    """One servicer per runtime, shared by the gRPC API and the background loops."""
+    if not hasattr(runtime, "inventory_service"):
+        # RPCs not implemented yet answer UNIMPLEMENTED (Allocate, Deallocate, ...).
+        runtime.inventory_service = InventoryService(runtime)  # type: ignore[abstract,attr-defined]
+    service: InventoryService = runtime.inventory_service  # type: ignore[attr-defined]
+    return service
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-    inventory_pb2_grpc.add_InventoryServiceServicer_to_server(
-        # RPCs of later issues answer UNIMPLEMENTED until they land.
-        InventoryService(runtime),  # type: ignore[abstract]
-        server,
-    )
+    inventory_pb2_grpc.add_InventoryServiceServicer_to_server(_service(runtime), server)
 
 
 SPEC = ServiceSpec(
@@ -23,6 +28,7 @@ SPEC = ServiceSpec(
     grpc_services=[inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name],
     register=register,
     consumers=consumers,
+    workers=lambda runtime: workers(runtime, _service(runtime)),
 )
 
 

@@ -1,0 +1,585 @@
+"""SQL of the inventory service. Every function runs inside the caller's transaction.
+
+Lock order, everywhere: a reservation row before stock positions, and stock positions in
+(sku, warehouse) order, so concurrent reservations, releases and the expiry sweeper never
+deadlock. The position UPDATEs are guarded (reserved + allocated + safety <= on_hand), so even
+a planning bug could not oversell: the guard failing is an internal error, never an oversell.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, literal, select, true, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.inventory.domain import Line, StockPosition, Warehouse
+from services.inventory.store.tables import (
+    availability_dirty,
+    incoming_supply,
+    item,
+    ledger_entry,
+    reservation,
+    reservation_hold,
+    reservation_line,
+    stock_position,
+    warehouse,
+)
+
+ACTIVE = "ACTIVE"
+
+
+class GuardViolated(RuntimeError):
+    """A guarded stock update matched no row: the plan disagreed with the locked rows."""
+
+
+# --- master data ------------------------------------------------------------------------
+
+
+async def upsert_warehouses(session: AsyncSession, warehouses: Iterable[Mapping[str, Any]]) -> None:
+    for row in warehouses:
+        values = {
+            "code": row["code"],
+            "name": row.get("name", ""),
+            "region_code": row["region_code"],
+            "postal_code": row.get("postal_code", ""),
+            "priority": int(row.get("priority", 100)),
+            "channels": list(row.get("channels", [])),
+            "active": bool(row.get("active", True)),
+        }
+        await session.execute(
+            insert(warehouse)
+            .values(**values)
+            .on_conflict_do_update(index_elements=["code"], set_=values)
+        )
+
+
+async def upsert_items(session: AsyncSession, items: Iterable[Mapping[str, Any]]) -> None:
+    for row in items:
+        await session.execute(
+            insert(item)
+            .values(sku=row["sku"], description=row.get("description", ""))
+            .on_conflict_do_update(
+                index_elements=["sku"], set_={"description": row.get("description", "")}
+            )
+        )
+
+
+async def set_safety_stock(session: AsyncSession, sku: str, warehouse_code: str, qty: int) -> None:
+    await session.execute(
+        insert(stock_position)
+        .values(sku=sku, warehouse=warehouse_code, safety_stock=qty)
+        .on_conflict_do_update(
+            index_elements=["sku", "warehouse"],
+            set_={"safety_stock": qty, "updated_at": func.now()},
+        )
+    )
+    await mark_dirty(session, [(sku, warehouse_code)])
+
+
+async def known_skus(session: AsyncSession, skus: Iterable[str]) -> set[str]:
+    wanted = sorted(set(skus))
+    if not wanted:
+        return set()
+    rows = await session.execute(select(item.c.sku).where(item.c.sku.in_(wanted)))
+    return set(rows.scalars())
+
+
+async def warehouses_by_code(session: AsyncSession) -> dict[str, Warehouse]:
+    rows = await session.execute(select(warehouse).where(warehouse.c.active))
+    return {
+        row.code: Warehouse(
+            row.code, row.region_code, row.postal_code, row.priority, frozenset(row.channels)
+        )
+        for row in rows
+    }
+
+
+def eligible(warehouses: Iterable[Warehouse], channel_id: str) -> list[Warehouse]:
+    return [w for w in warehouses if not w.channels or channel_id in w.channels]
+
+
+def by_priority(warehouses: Iterable[Warehouse]) -> list[str]:
+    return [w.code for w in sorted(warehouses, key=lambda w: (w.priority, w.code))]
+
+
+# --- stock positions --------------------------------------------------------------------
+
+
+def _position(row: Any) -> StockPosition:
+    return StockPosition(
+        row.sku, row.warehouse, row.on_hand, row.reserved, row.allocated, row.safety_stock
+    )
+
+
+async def lock_positions(
+    session: AsyncSession, skus: Iterable[str], warehouses: Iterable[str]
+) -> dict[tuple[str, str], StockPosition]:
+    """Lock the existing positions of these SKUs in these warehouses, in lock order."""
+    skus, warehouses = sorted(set(skus)), sorted(set(warehouses))
+    if not skus or not warehouses:
+        return {}
+    rows = await session.execute(
+        select(stock_position)
+        .where(stock_position.c.sku.in_(skus), stock_position.c.warehouse.in_(warehouses))
+        .order_by(stock_position.c.sku, stock_position.c.warehouse)
+        .with_for_update()
+    )
+    return {(row.sku, row.warehouse): _position(row) for row in rows}
+
+
+async def read_positions(
+    session: AsyncSession, skus: Iterable[str], warehouses: Iterable[str] | None = None
+) -> list[Any]:
+    query = select(stock_position).where(stock_position.c.sku.in_(sorted(set(skus))))
+    if warehouses:
+        query = query.where(stock_position.c.warehouse.in_(sorted(set(warehouses))))
+    return list(
+        await session.execute(query.order_by(stock_position.c.sku, stock_position.c.warehouse))
+    )
+
+
+async def mark_dirty(session: AsyncSession, keys: Iterable[tuple[str, str]]) -> None:
+    """Record that these positions' availability changed (coalesced into one event later)."""
+    rows = [{"sku": sku, "warehouse": wh} for sku, wh in sorted(set(keys))]
+    if rows:
+        await session.execute(insert(availability_dirty).values(rows).on_conflict_do_nothing())
+
+
+async def add_reserved(session: AsyncSession, deltas: Mapping[tuple[str, str], int]) -> None:
+    """reserved += delta per position; a positive delta is guarded against overselling."""
+    for (sku, wh), delta in sorted(deltas.items()):
+        if delta == 0:
+            continue
+        guard = (
+            stock_position.c.reserved
+            + stock_position.c.allocated
+            + stock_position.c.safety_stock
+            + delta
+            <= stock_position.c.on_hand
+            if delta > 0
+            else stock_position.c.reserved + delta >= 0
+        )
+        result = await session.execute(
+            update(stock_position)
+            .where(stock_position.c.sku == sku, stock_position.c.warehouse == wh, guard)
+            .values(reserved=stock_position.c.reserved + delta, updated_at=func.now())
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise GuardViolated(f"reserved {delta:+d} refused for {sku}@{wh}")
+    await mark_dirty(session, deltas.keys())
+
+
+# --- reservations -----------------------------------------------------------------------
+
+
+@dataclass
+class ReservationLineRecord:
+    line_id: str
+    sku: str
+    requested: int
+    holds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def reserved(self) -> int:
+        return sum(self.holds.values())
+
+
+@dataclass
+class ReservationRecord:
+    reservation_id: str
+    owner_type: str
+    owner_id: str
+    channel_id: str
+    mode: str
+    state: str
+    expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    lines: list[ReservationLineRecord]
+
+    def holds(self) -> dict[tuple[str, str], int]:
+        """Reserved quantity per (sku, warehouse)."""
+        totals: dict[tuple[str, str], int] = {}
+        for line in self.lines:
+            for wh, qty in line.holds.items():
+                totals[(line.sku, wh)] = totals.get((line.sku, wh), 0) + qty
+        return totals
+
+
+async def active_reservation_of(
+    session: AsyncSession, owner_type: str, owner_id: str
+) -> str | None:
+    return await session.scalar(
+        select(reservation.c.reservation_id).where(
+            reservation.c.owner_type == owner_type,
+            reservation.c.owner_id == owner_id,
+            reservation.c.state == ACTIVE,
+        )
+    )
+
+
+async def insert_reservation(
+    session: AsyncSession,
+    *,
+    owner_type: str,
+    owner_id: str,
+    channel_id: str,
+    mode: str,
+    ttl_seconds: float | None,
+    lines: Sequence[Line],
+    holds: Mapping[str, Mapping[str, int]],
+) -> str:
+    reservation_id = str(uuid.uuid4())
+    expires = (
+        func.now() + func.make_interval(0, 0, 0, 0, 0, 0, ttl_seconds)
+        if ttl_seconds is not None
+        else None
+    )
+    await session.execute(
+        reservation.insert().values(
+            reservation_id=reservation_id,
+            owner_type=owner_type,
+            owner_id=owner_id,
+            channel_id=channel_id,
+            mode=mode,
+            state=ACTIVE,
+            expires_at=expires,
+        )
+    )
+    await session.execute(
+        reservation_line.insert(),
+        [
+            {
+                "reservation_id": reservation_id,
+                "line_id": line.line_id,
+                "position": index,
+                "sku": line.sku,
+                "requested": line.quantity,
+            }
+            for index, line in enumerate(lines)
+        ],
+    )
+    await _insert_holds(session, reservation_id, holds)
+    return reservation_id
+
+
+async def _insert_holds(
+    session: AsyncSession, reservation_id: str, holds: Mapping[str, Mapping[str, int]]
+) -> None:
+    rows = [
+        {"reservation_id": reservation_id, "line_id": line_id, "warehouse": wh, "quantity": qty}
+        for line_id, by_wh in holds.items()
+        for wh, qty in by_wh.items()
+        if qty > 0
+    ]
+    if rows:
+        await session.execute(reservation_hold.insert(), rows)
+
+
+async def load_reservation(
+    session: AsyncSession, reservation_id: str, *, lock: bool = False
+) -> ReservationRecord | None:
+    try:
+        uuid.UUID(reservation_id)
+    except ValueError:
+        return None
+    query = select(reservation).where(reservation.c.reservation_id == reservation_id)
+    if lock:
+        query = query.with_for_update()
+    head = (await session.execute(query)).first()
+    if head is None:
+        return None
+    lines = {
+        row.line_id: ReservationLineRecord(row.line_id, row.sku, row.requested)
+        for row in await session.execute(
+            select(reservation_line)
+            .where(reservation_line.c.reservation_id == reservation_id)
+            .order_by(reservation_line.c.position)
+        )
+    }
+    for row in await session.execute(
+        select(reservation_hold).where(reservation_hold.c.reservation_id == reservation_id)
+    ):
+        lines[row.line_id].holds[row.warehouse] = row.quantity
+    return ReservationRecord(
+        head.reservation_id,
+        head.owner_type,
+        head.owner_id,
+        head.channel_id,
+        head.mode,
+        head.state,
+        head.expires_at,
+        head.created_at,
+        head.updated_at,
+        list(lines.values()),
+    )
+
+
+async def set_holds(session: AsyncSession, record: ReservationRecord) -> None:
+    """Replace the reservation's holds with what ``record.lines`` says now."""
+    await session.execute(
+        reservation_hold.delete().where(reservation_hold.c.reservation_id == record.reservation_id)
+    )
+    await _insert_holds(
+        session, record.reservation_id, {line.line_id: line.holds for line in record.lines}
+    )
+
+
+async def update_reservation(session: AsyncSession, reservation_id: str, **values: Any) -> None:
+    await session.execute(
+        update(reservation)
+        .where(reservation.c.reservation_id == reservation_id)
+        .values(updated_at=func.now(), **values)
+    )
+
+
+async def due_for_expiry(session: AsyncSession, limit: int) -> list[str]:
+    """ACTIVE holds past their expiry, locked; rows another sweeper holds are skipped."""
+    rows = await session.execute(
+        select(reservation.c.reservation_id)
+        .where(reservation.c.state == ACTIVE, reservation.c.expires_at <= func.now())
+        .order_by(reservation.c.expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(rows.scalars())
+
+
+async def now(session: AsyncSession) -> datetime:
+    value: datetime | None = await session.scalar(select(func.now()))
+    assert value is not None
+    return value
+
+
+# --- ledger -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Movement:
+    sku: str
+    warehouse: str
+    kind: str
+    quantity_delta: int
+    reference: str = ""
+    order_id: str = ""
+    line_id: str = ""
+    reason: str = ""
+    occurred_at: datetime | None = None
+
+
+async def existing_movement(session: AsyncSession, movement: Movement) -> Any | None:
+    if not movement.reference:
+        return None
+    return (
+        await session.execute(
+            select(ledger_entry).where(
+                ledger_entry.c.kind == movement.kind,
+                ledger_entry.c.reference == movement.reference,
+                ledger_entry.c.sku == movement.sku,
+                ledger_entry.c.warehouse == movement.warehouse,
+                ledger_entry.c.line_id == movement.line_id,
+            )
+        )
+    ).first()
+
+
+async def append_ledger(session: AsyncSession, movement: Movement) -> tuple[Any, Any]:
+    """Apply a movement to on-hand and append its ledger entry; returns (entry, position).
+
+    The position row is created on first movement. Returns ``(None, position)`` when on-hand
+    would go negative (the caller refuses the movement).
+    """
+    await session.execute(
+        insert(stock_position)
+        .values(sku=movement.sku, warehouse=movement.warehouse)
+        .on_conflict_do_nothing()
+    )
+    position = (
+        await session.execute(
+            update(stock_position)
+            .where(
+                stock_position.c.sku == movement.sku,
+                stock_position.c.warehouse == movement.warehouse,
+                stock_position.c.on_hand + movement.quantity_delta >= 0,
+            )
+            .values(
+                on_hand=stock_position.c.on_hand + movement.quantity_delta,
+                ledger_sequence=stock_position.c.ledger_sequence + 1,
+                updated_at=func.now(),
+            )
+            .returning(stock_position)
+        )
+    ).first()
+    if position is None:
+        current = (
+            await session.execute(
+                select(stock_position).where(
+                    stock_position.c.sku == movement.sku,
+                    stock_position.c.warehouse == movement.warehouse,
+                )
+            )
+        ).first()
+        return None, current
+    entry = (
+        await session.execute(
+            ledger_entry.insert()
+            .values(
+                entry_id=str(uuid.uuid4()),
+                sku=movement.sku,
+                warehouse=movement.warehouse,
+                kind=movement.kind,
+                quantity_delta=movement.quantity_delta,
+                on_hand_after=position.on_hand,
+                sequence=position.ledger_sequence,
+                reference=movement.reference,
+                order_id=movement.order_id,
+                line_id=movement.line_id,
+                reason=movement.reason,
+                occurred_at=movement.occurred_at or func.now(),
+            )
+            .returning(ledger_entry)
+        )
+    ).one()
+    await mark_dirty(session, [(movement.sku, movement.warehouse)])
+    return entry, position
+
+
+async def list_ledger(
+    session: AsyncSession,
+    *,
+    limit: int,
+    after: tuple[datetime, str] | None,
+    sku: str = "",
+    warehouse_code: str = "",
+    kinds: Sequence[str] = (),
+    order_id: str = "",
+    occurred_after: datetime | None = None,
+    occurred_before: datetime | None = None,
+) -> list[Any]:
+    """Newest first, keyset-paged on (recorded_at, entry_id)."""
+    conditions = []
+    if sku:
+        conditions.append(ledger_entry.c.sku == sku)
+    if warehouse_code:
+        conditions.append(ledger_entry.c.warehouse == warehouse_code)
+    if kinds:
+        conditions.append(ledger_entry.c.kind.in_(list(kinds)))
+    if order_id:
+        conditions.append(ledger_entry.c.order_id == order_id)
+    if occurred_after is not None:
+        conditions.append(ledger_entry.c.occurred_at >= occurred_after)
+    if occurred_before is not None:
+        conditions.append(ledger_entry.c.occurred_at < occurred_before)
+    if after is not None:
+        conditions.append(
+            tuple_(ledger_entry.c.recorded_at, ledger_entry.c.entry_id)
+            < tuple_(
+                literal(after[0], type_=ledger_entry.c.recorded_at.type),
+                literal(after[1], type_=ledger_entry.c.entry_id.type),
+            )
+        )
+    query = (
+        select(ledger_entry)
+        .where(and_(true(), *conditions))
+        .order_by(ledger_entry.c.recorded_at.desc(), ledger_entry.c.entry_id.desc())
+        .limit(limit)
+    )
+    return list(await session.execute(query))
+
+
+# --- incoming supply --------------------------------------------------------------------
+
+
+async def upsert_supply(session: AsyncSession, row: Mapping[str, Any]) -> Any | None:
+    key = (
+        incoming_supply.c.supply_id == row["supply_id"],
+        incoming_supply.c.sku == row["sku"],
+        incoming_supply.c.warehouse == row["warehouse"],
+    )
+    if row["quantity"] == 0:
+        await session.execute(incoming_supply.delete().where(*key))
+        return None
+    values = {
+        "kind": row["kind"],
+        "quantity": row["quantity"],
+        "expected_at": row["expected_at"],
+        "updated_at": func.now(),
+    }
+    return (
+        await session.execute(
+            insert(incoming_supply)
+            .values(
+                supply_id=row["supply_id"], sku=row["sku"], warehouse=row["warehouse"], **values
+            )
+            .on_conflict_do_update(index_elements=["supply_id", "sku", "warehouse"], set_=values)
+            .returning(incoming_supply)
+        )
+    ).one()
+
+
+async def supplies_for(session: AsyncSession, skus: Iterable[str]) -> list[Any]:
+    return list(
+        await session.execute(
+            select(incoming_supply)
+            .where(incoming_supply.c.sku.in_(sorted(set(skus))))
+            .order_by(incoming_supply.c.expected_at, incoming_supply.c.supply_id)
+        )
+    )
+
+
+# --- coalesced availability -------------------------------------------------------------
+
+
+async def take_dirty(session: AsyncSession, limit: int) -> list[tuple[str, str]]:
+    rows = await session.execute(
+        availability_dirty.delete()
+        .where(
+            tuple_(availability_dirty.c.sku, availability_dirty.c.warehouse).in_(
+                select(availability_dirty.c.sku, availability_dirty.c.warehouse)
+                .order_by(availability_dirty.c.marked_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        .returning(availability_dirty.c.sku, availability_dirty.c.warehouse)
+    )
+    return [(row.sku, row.warehouse) for row in rows]
+
+
+async def replace_lines(session: AsyncSession, record: ReservationRecord) -> None:
+    """Replace the reservation's lines (and holds) with ``record.lines``."""
+    await session.execute(
+        reservation_hold.delete().where(reservation_hold.c.reservation_id == record.reservation_id)
+    )
+    await session.execute(
+        reservation_line.delete().where(reservation_line.c.reservation_id == record.reservation_id)
+    )
+    await session.execute(
+        reservation_line.insert(),
+        [
+            {
+                "reservation_id": record.reservation_id,
+                "line_id": line.line_id,
+                "position": index,
+                "sku": line.sku,
+                "requested": line.requested,
+            }
+            for index, line in enumerate(record.lines)
+        ],
+    )
+    await set_holds(session, record)
+
+
+async def load_master_data(session: AsyncSession, data: Mapping[str, Any]) -> dict[str, int]:
+    """Warehouses, items and safety stock from a master-data document (see docs)."""
+    await upsert_warehouses(session, data.get("warehouses", []))
+    await upsert_items(session, data.get("items", []))
+    for row in data.get("safety_stock", []):
+        await set_safety_stock(session, row["sku"], row["warehouse"], int(row["quantity"]))
+    return {key: len(data.get(key, [])) for key in ("warehouses", "items", "safety_stock")}
