@@ -46,3 +46,18 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)  # poll interval of the wait, not a synchronisation
+
+
+def service_env(settings: ServiceSettings) -> dict[str, str]:
+    """The environment that makes ``python -m services.<name>`` read these settings."""
+    import json
+    import os
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DWF_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        env[f"DWF_{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, list | dict) else str(value)
+        )
+    return env
