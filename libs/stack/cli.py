@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chassis.config import SERVICE_NAMES, ServiceSettings
-from stack.scenario import check_services
+from stack.scenario import check_services, run_inventory_demo
 from stack.supervisor import Stack, StackSettings
 
 app = typer.Typer(
@@ -133,7 +133,33 @@ async def _demo(stack: Stack) -> bool:
             "[green]yes[/green]" if check.ok else "[red]NO[/red]",
         )
     console.print(table)
-    return all(check.ok for check in checks) and len(checks) == len(SERVICE_NAMES)
+    services_ok = all(check.ok for check in checks) and len(checks) == len(SERVICE_NAMES)
+
+    console.rule("inventory: warehouses, stock, a checkout hold")
+    inventory = await run_inventory_demo(
+        stack.services["inventory"].address, stack.service_database_urls["inventory"]
+    )
+    console.print(_levels_table("stock after receipts", inventory.levels_before))
+    console.print(
+        f"hold {inventory.hold_id}: "
+        + ", ".join(f"{qty} x {sku} from {wh}" for sku, wh, qty in inventory.hold_lines)
+        + " (CHI-1 keeps 10 BOLT-M8-50 as safety stock, so the rest comes from DAL-1)"
+    )
+    console.print(_levels_table("while the hold is active", inventory.levels_after))
+    console.print(
+        f"hold extended until {inventory.extended_until}; then released: {inventory.released_state}"
+    )
+    console.print(_levels_table("after release", inventory.levels_final))
+    return services_ok and inventory.ok
+
+
+def _levels_table(title: str, levels: list[tuple[str, str, int, int, int]]) -> Table:
+    table = Table(title=title)
+    for column in ("sku", "warehouse", "on hand", "reserved", "available"):
+        table.add_column(column)
+    for sku, warehouse, on_hand, reserved, available in levels:
+        table.add_row(sku, warehouse, str(on_hand), str(reserved), str(available))
+    return table
 
 
 @app.command()
