@@ -443,16 +443,11 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         for line in record.lines:
             if wanted is not None and line.line_id not in wanted:
                 continue
-            remaining = line.reserved if wanted is None else wanted[line.line_id] or line.reserved
-            remaining = min(remaining, line.reserved)
-            freed: dict[str, int] = {}
-            for wh in sorted(line.holds, reverse=True):  # give back from the last source
-                take = min(remaining, line.holds[wh])
-                if take:
-                    freed[wh] = take
-                    line.holds[wh] -= take
-                    remaining -= take
-                    deltas[(line.sku, wh)] = deltas.get((line.sku, wh), 0) - take
+            asked = line.reserved if wanted is None else wanted[line.line_id] or line.reserved
+            freed = domain.release_from(line.holds, asked)
+            for wh, take in freed.items():
+                line.holds[wh] -= take
+                deltas[(line.sku, wh)] = deltas.get((line.sku, wh), 0) - take
             line.holds = {wh: q for wh, q in line.holds.items() if q > 0}
             if freed:
                 released.append(
@@ -523,28 +518,15 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             positions = await stock.lock_positions(
                 session, skus, set(ranked) | {wh for _, wh in held}
             )
-            # Match held stock to the order's lines by SKU, best-ranked warehouse first.
-            pool = dict(held)
-            order_of = {wh: i for i, wh in enumerate(ranked)}
-            new_lines: list[stock.ReservationLineRecord] = []
-            short: list[domain.Line] = []
-            for line in lines:
-                need, holds = line.quantity, {}
-                for sku_wh in sorted(
-                    (k for k in pool if k[0] == line.sku),
-                    key=lambda k: order_of.get(k[1], len(order_of)),
-                ):
-                    take = min(need, pool[sku_wh])
-                    if take:
-                        holds[sku_wh[1]] = take
-                        pool[sku_wh] -= take
-                        need -= take
-                new_lines.append(
-                    stock.ReservationLineRecord(line.line_id, line.sku, line.quantity, holds)
+            match = domain.match_commit(lines, held, ranked)
+            new_lines = [
+                stock.ReservationLineRecord(
+                    ln.line_id, ln.sku, ln.quantity, match.holds[ln.line_id]
                 )
-                if need:
-                    short.append(domain.Line(line.line_id, line.sku, need))
-            deltas = {key: -qty for key, qty in pool.items() if qty}  # excess goes back
+                for ln in lines
+            ]
+            short = list(match.short)
+            deltas = {key: -qty for key, qty in match.excess.items()}  # excess goes back
             if request.reserve_shortfall and short:
                 freed = {k: p for k, p in positions.items()}
                 for key, delta in deltas.items():  # released excess is available again

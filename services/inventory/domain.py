@@ -153,3 +153,53 @@ def expired(expires_at_epoch: float | None, now_epoch: float) -> bool:
 def distinct_line_ids(lines: Iterable[Line]) -> bool:
     ids = [line.line_id for line in lines]
     return len(ids) == len(set(ids))
+
+
+def release_from(holds: Mapping[str, int], quantity: int) -> dict[str, int]:
+    """Which warehouses give back ``quantity`` of a line's holds, in reverse warehouse-code
+    order (deterministic, so a retry frees the same stock). Capped at what is held."""
+    freed: dict[str, int] = {}
+    remaining = min(quantity, sum(holds.values()))
+    for warehouse in sorted(holds, reverse=True):
+        take = min(remaining, holds[warehouse])
+        if take > 0:
+            freed[warehouse] = take
+            remaining -= take
+    return freed
+
+
+@dataclass(frozen=True)
+class CommitMatch:
+    """A hold's stock matched to an order's lines."""
+
+    holds: dict[str, dict[str, int]]  # line_id -> warehouse -> quantity kept
+    excess: dict[tuple[str, str], int]  # (sku, warehouse) -> held quantity no line needs
+    short: tuple[Line, ...]  # what the order needs beyond what was held
+
+
+def match_commit(
+    order_lines: Sequence[Line],
+    held: Mapping[tuple[str, str], int],
+    ranked_warehouses: Sequence[str],
+) -> CommitMatch:
+    """Match held (sku, warehouse) quantities to order lines by SKU, best-ranked first."""
+    pool = {key: qty for key, qty in held.items() if qty > 0}
+    rank = {warehouse: i for i, warehouse in enumerate(ranked_warehouses)}
+    holds: dict[str, dict[str, int]] = {}
+    short: list[Line] = []
+    for line in order_lines:
+        need, taken = line.quantity, {}
+        candidates = sorted(
+            (key for key in pool if key[0] == line.sku),
+            key=lambda key: (rank.get(key[1], len(rank)), key[1]),
+        )
+        for key in candidates:
+            take = min(need, pool[key])
+            if take > 0:
+                taken[key[1]] = take
+                pool[key] -= take
+                need -= take
+        holds[line.line_id] = taken
+        if need:
+            short.append(Line(line.line_id, line.sku, need))
+    return CommitMatch(holds, {k: q for k, q in pool.items() if q > 0}, tuple(short))

@@ -1,0 +1,193 @@
+"""Property tests of the inventory domain core: random sequences of receive / reserve /
+release / expire / commit never oversell and conserve stock (hypothesis state machine)."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from services.inventory.domain import (
+    Line,
+    Mode,
+    StockPosition,
+    apply_release,
+    apply_reserve,
+    match_commit,
+    plan_reservation,
+    release_from,
+)
+
+SKUS = ("A", "B", "C")
+WAREHOUSES = ("W1", "W2", "W3")
+lines_strategy = st.lists(
+    st.tuples(st.sampled_from(SKUS), st.integers(1, 8)), min_size=1, max_size=4
+).map(lambda items: [Line(f"l{i}", sku, qty) for i, (sku, qty) in enumerate(items)])
+
+
+class StockBook(RuleBasedStateMachine):
+    """A pure model of the store: positions, reservations (line -> sku, holds), ledger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions = {
+            (sku, wh): StockPosition(sku, wh, safety_stock=1 if wh == "W1" else 0)
+            for sku in SKUS
+            for wh in WAREHOUSES
+        }
+        self.ledger = dict.fromkeys(self.positions, 0)
+        self.reservations: dict[int, dict[str, tuple[str, dict[str, int]]]] = {}
+        self.next_id = 0
+
+    def _release(self, sku: str, freed: dict[str, int]) -> None:
+        for wh, qty in freed.items():
+            self.positions[(sku, wh)] = apply_release(self.positions[(sku, wh)], qty)
+
+    @rule(sku=st.sampled_from(SKUS), wh=st.sampled_from(WAREHOUSES), qty=st.integers(1, 20))
+    def receive(self, sku: str, wh: str, qty: int) -> None:
+        position = self.positions[(sku, wh)]
+        self.positions[(sku, wh)] = StockPosition(
+            sku,
+            wh,
+            position.on_hand + qty,
+            position.reserved,
+            position.allocated,
+            position.safety_stock,
+        )
+        self.ledger[(sku, wh)] += qty
+
+    @rule(
+        lines=lines_strategy,
+        mode=st.sampled_from(Mode),
+        ranked=st.permutations(WAREHOUSES),
+    )
+    def reserve(self, lines: list[Line], mode: Mode, ranked: list[str]) -> None:
+        plan = plan_reservation(lines, self.positions, ranked, mode)
+        for line in plan.lines:
+            assert line.reserved <= line.line.quantity
+        if (mode is Mode.ALL_OR_NOTHING and plan.shortfalls) or not plan.reserved_total:
+            return
+        for (sku, wh), qty in plan.take().items():
+            self.positions[(sku, wh)] = apply_reserve(self.positions[(sku, wh)], qty)
+        self.reservations[self.next_id] = {
+            line.line.line_id: (line.line.sku, dict(line.by_warehouse)) for line in plan.lines
+        }
+        self.next_id += 1
+
+    @precondition(lambda self: self.reservations)
+    @rule(data=st.data(), quantity=st.integers(0, 10))
+    def release_part(self, data: st.DataObject, quantity: int) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.reservations)))
+        line_id = data.draw(st.sampled_from(sorted(self.reservations[rid])))
+        sku, holds = self.reservations[rid][line_id]
+        freed = release_from(holds, quantity or sum(holds.values()))
+        assert sum(freed.values()) <= sum(holds.values())
+        self._release(sku, freed)
+        for wh, qty in freed.items():
+            holds[wh] -= qty
+        self.reservations[rid][line_id] = (sku, {w: q for w, q in holds.items() if q > 0})
+
+    @precondition(lambda self: self.reservations)
+    @rule(data=st.data())
+    def expire_or_release_all(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.reservations)))
+        for sku, holds in self.reservations.pop(rid).values():
+            self._release(sku, dict(holds))
+
+    @precondition(lambda self: self.reservations)
+    @rule(
+        data=st.data(),
+        order_lines=lines_strategy,
+        reserve_shortfall=st.booleans(),
+        ranked=st.permutations(WAREHOUSES),
+    )
+    def commit(
+        self,
+        data: st.DataObject,
+        order_lines: list[Line],
+        reserve_shortfall: bool,
+        ranked: list[str],
+    ) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.reservations)))
+        held: dict[tuple[str, str], int] = {}
+        for sku, holds in self.reservations[rid].values():
+            for wh, qty in holds.items():
+                held[(sku, wh)] = held.get((sku, wh), 0) + qty
+        match = match_commit(order_lines, held, ranked)
+        kept = sum(sum(h.values()) for h in match.holds.values())
+        assert kept + sum(match.excess.values()) == sum(held.values())  # nothing lost
+        for line in order_lines:
+            assert sum(match.holds[line.line_id].values()) <= line.quantity
+        for (sku, wh), qty in match.excess.items():
+            self._release(sku, {wh: qty})
+        committed = {
+            line.line_id: (line.sku, dict(match.holds[line.line_id])) for line in order_lines
+        }
+        if reserve_shortfall and match.short:
+            extra = plan_reservation(match.short, self.positions, ranked, Mode.PARTIAL)
+            for (sku, wh), qty in extra.take().items():
+                self.positions[(sku, wh)] = apply_reserve(self.positions[(sku, wh)], qty)
+            for planned in extra.lines:
+                holds = committed[planned.line.line_id][1]
+                for wh, qty in planned.by_warehouse.items():
+                    holds[wh] = holds.get(wh, 0) + qty
+        self.reservations[rid] = committed
+
+    @invariant()
+    def no_oversell(self) -> None:
+        for position in self.positions.values():
+            assert position.holds_invariant(), position
+
+    @invariant()
+    def reserved_equals_active_holds(self) -> None:
+        held = dict.fromkeys(self.positions, 0)
+        for reservation in self.reservations.values():
+            for sku, holds in reservation.values():
+                for wh, qty in holds.items():
+                    held[(sku, wh)] += qty
+        assert {k: p.reserved for k, p in self.positions.items()} == held
+
+    @invariant()
+    def on_hand_is_the_ledger_sum(self) -> None:
+        assert {k: p.on_hand for k, p in self.positions.items()} == self.ledger
+
+
+TestStockBook = StockBook.TestCase
+TestStockBook.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_all_or_nothing_plan_reports_what_was_available() -> None:
+    positions = {("A", "W1"): StockPosition("A", "W1", on_hand=3)}
+    plan = plan_reservation([Line("1", "A", 5)], positions, ["W1"], Mode.ALL_OR_NOTHING)
+    assert [(s.line.line_id, s.reserved, s.shortfall) for s in plan.shortfalls] == [("1", 3, 2)]
+
+
+def test_lines_of_one_sku_share_availability() -> None:
+    positions = {("A", "W1"): StockPosition("A", "W1", on_hand=5)}
+    plan = plan_reservation([Line("1", "A", 3), Line("2", "A", 3)], positions, ["W1"], Mode.PARTIAL)
+    assert [line.reserved for line in plan.lines] == [3, 2]
+
+
+def test_safety_stock_and_negative_availability_are_not_sellable() -> None:
+    drifted = StockPosition("A", "W1", on_hand=2, reserved=3)
+    assert drifted.available == -1 and drifted.sellable == 0
+    plan = plan_reservation([Line("1", "A", 1)], {("A", "W1"): drifted}, ["W1"], Mode.PARTIAL)
+    assert plan.reserved_total == 0
+    guarded = StockPosition("A", "W1", on_hand=10, safety_stock=4)
+    assert (
+        plan_reservation(
+            [Line("1", "A", 9)], {("A", "W1"): guarded}, ["W1"], Mode.PARTIAL
+        ).reserved_total
+        == 6
+    )
+
+
+def test_commit_match_prefers_ranked_warehouses_and_reports_excess_and_short() -> None:
+    match = match_commit(
+        [Line("o1", "A", 4), Line("o2", "B", 3)],
+        {("A", "W2"): 3, ("A", "W1"): 2, ("C", "W1"): 1},
+        ["W1", "W2"],
+    )
+    assert match.holds == {"o1": {"W1": 2, "W2": 2}, "o2": {}}
+    assert match.excess == {("A", "W2"): 1, ("C", "W1"): 1}
+    assert match.short == (Line("o2", "B", 3),)
