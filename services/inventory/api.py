@@ -764,6 +764,97 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             "SetIncomingSupply", request, pb.SetIncomingSupplyResponse, work
         )
 
+    async def Reconcile(self, request: pb.ReconcileRequest, context: Any) -> pb.ReconcileResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        v.check(bool(request.warehouse_id), "warehouse_id", "required")
+        v.check(bool(request.snapshot_id), "snapshot_id", "required")
+        v.check(request.HasField("snapshot_taken_at"), "snapshot_taken_at", "required")
+        v.check(request.max_correction_quantity >= 0, "max_correction_quantity", "must be >= 0")
+        if v.check(1 <= len(request.lines) <= 100_000, "lines", "1 to 100000 lines"):
+            seen: set[str] = set()
+            for i, line in enumerate(request.lines):
+                v.check(bool(line.sku), f"lines[{i}].sku", "required")
+                v.check(line.sku not in seen, f"lines[{i}].sku", "duplicate SKU")
+                v.check(line.on_hand >= 0, f"lines[{i}].on_hand", "must be >= 0")
+                seen.add(line.sku)
+        v.raise_if_any()
+
+        async def work(session: AsyncSession) -> pb.ReconcileResponse:
+            stored = await stock.stored_reconciliation(
+                session, request.warehouse_id, request.snapshot_id
+            )
+            if stored is not None:  # a snapshot is reconciled at most once
+                return pb.ReconcileResponse(report=pb.ReconciliationReport.FromString(stored))
+            await require_warehouses(session, [request.warehouse_id], "warehouse_id")
+            await require_known_skus(session, [line.sku for line in request.lines])
+            taken_at = request.snapshot_taken_at.ToDatetime(UTC)
+            wms = {line.sku: line.on_hand for line in request.lines}
+            dwf = await stock.on_hand_as_of(
+                session,
+                request.warehouse_id,
+                None if request.complete_snapshot else list(wms),
+                taken_at,
+            )
+            compared = sorted(set(wms) | (set(dwf) if request.complete_snapshot else set()))
+            report = pb.ReconciliationReport(
+                reconciliation_id=str(uuid.uuid4()),
+                warehouse_id=request.warehouse_id,
+                snapshot_id=request.snapshot_id,
+                snapshot_taken_at=request.snapshot_taken_at,
+                reconciled_at=ts(await stock.now(session)),
+                skus_compared=len(compared),
+                applied=request.apply_corrections,
+            )
+            limit = request.max_correction_quantity
+            for sku in compared:
+                ours, theirs = dwf.get(sku, 0), wms.get(sku, 0)
+                drift = theirs - ours
+                if drift == 0:
+                    continue
+                line = pb.DriftLine(
+                    sku=sku,
+                    warehouse_id=request.warehouse_id,
+                    dwf_on_hand=ours,
+                    wms_on_hand=theirs,
+                    drift=drift,
+                )
+                if request.apply_corrections and (not limit or abs(drift) <= limit):
+                    entry, _ = await stock.append_ledger(
+                        session,
+                        stock.Movement(
+                            sku=sku,
+                            warehouse=request.warehouse_id,
+                            kind="RECONCILIATION",
+                            quantity_delta=drift,
+                            reference=request.snapshot_id,
+                            reason=f"reconciliation {report.reconciliation_id}",
+                        ),
+                    )
+                    if entry is not None:  # a correction below zero on-hand is left to people
+                        line.corrected, line.ledger_entry_id = True, entry.entry_id
+                report.drifts.append(line)
+            report.skus_with_drift = len(report.drifts)
+            await stock.save_reconciliation(
+                session,
+                report.reconciliation_id,
+                request.warehouse_id,
+                request.snapshot_id,
+                report.SerializeToString(deterministic=True),
+            )
+            await self._event(
+                session,
+                "warehouse",
+                request.warehouse_id,
+                events_pb2.DriftReconciled(
+                    report=report,
+                    total_absolute_drift=sum(abs(d.drift) for d in report.drifts),
+                ),
+            )
+            return pb.ReconcileResponse(report=report)
+
+        return await self.runtime.once("Reconcile", request, pb.ReconcileResponse, work)
+
     async def ListLedger(
         self, request: pb.ListLedgerRequest, context: Any
     ) -> pb.ListLedgerResponse:

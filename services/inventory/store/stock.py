@@ -24,6 +24,7 @@ from services.inventory.store.tables import (
     incoming_supply,
     item,
     ledger_entry,
+    reconciliation,
     reservation,
     reservation_hold,
     reservation_line,
@@ -583,3 +584,58 @@ async def load_master_data(session: AsyncSession, data: Mapping[str, Any]) -> di
     for row in data.get("safety_stock", []):
         await set_safety_stock(session, row["sku"], row["warehouse"], int(row["quantity"]))
     return {key: len(data.get(key, [])) for key in ("warehouses", "items", "safety_stock")}
+
+
+async def stored_reconciliation(
+    session: AsyncSession, warehouse_code: str, snapshot_id: str
+) -> bytes | None:
+    report: bytes | None = await session.scalar(
+        select(reconciliation.c.report).where(
+            reconciliation.c.warehouse == warehouse_code,
+            reconciliation.c.snapshot_id == snapshot_id,
+        )
+    )
+    return report
+
+
+async def save_reconciliation(
+    session: AsyncSession,
+    reconciliation_id: str,
+    warehouse_code: str,
+    snapshot_id: str,
+    report: bytes,
+) -> None:
+    await session.execute(
+        reconciliation.insert().values(
+            reconciliation_id=reconciliation_id,
+            warehouse=warehouse_code,
+            snapshot_id=snapshot_id,
+            report=report,
+        )
+    )
+
+
+async def on_hand_as_of(
+    session: AsyncSession, warehouse_code: str, skus: Iterable[str] | None, as_of: datetime
+) -> dict[str, int]:
+    """On-hand per SKU in a warehouse at ``as_of``: today's on-hand minus later movements.
+    ``skus`` None means every SKU stocked there. Positions are locked (consistent reading)."""
+    query = select(stock_position.c.sku, stock_position.c.on_hand).where(
+        stock_position.c.warehouse == warehouse_code
+    )
+    if skus is not None:
+        query = query.where(stock_position.c.sku.in_(sorted(set(skus))))
+    rows = await session.execute(query.order_by(stock_position.c.sku).with_for_update())
+    current = {row.sku: row.on_hand for row in rows}
+    later = await session.execute(
+        select(ledger_entry.c.sku, func.sum(ledger_entry.c.quantity_delta).label("delta"))
+        .where(
+            ledger_entry.c.warehouse == warehouse_code,
+            ledger_entry.c.occurred_at > as_of,
+            ledger_entry.c.sku.in_(list(current)),
+        )
+        .group_by(ledger_entry.c.sku)
+    )
+    for row in later:
+        current[row.sku] -= row.delta
+    return current

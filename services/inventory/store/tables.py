@@ -19,7 +19,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import BYTEA, UUID
 
 metadata = MetaData()
 
@@ -171,4 +171,16 @@ availability_dirty = Table(
     Column("warehouse", Text, nullable=False),
     Column("marked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("sku", "warehouse"),
+)
+
+# One report per WMS snapshot: reconciling the same snapshot again returns this report.
+reconciliation = Table(
+    "reconciliation",
+    metadata,
+    Column("reconciliation_id", UUID(as_uuid=False), primary_key=True),
+    Column("warehouse", Text, nullable=False),
+    Column("snapshot_id", Text, nullable=False),
+    Column("report", BYTEA, nullable=False),
+    Column("reconciled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("reconciliation_snapshot_once", "warehouse", "snapshot_id", unique=True),
 )
