@@ -64,7 +64,7 @@ def inventory_load(
 ) -> None:
     """Load inventory master data (warehouses, items, safety stock) with the inventory role."""
     from chassis import db
-    from services.inventory.store.stock import load_master_data
+    from services.inventory.store.master_data import load_master_data
 
     settings = ServiceSettings(service="inventory")
     data = json.loads(path.read_text())

@@ -112,7 +112,7 @@ async def run_inventory_demo(address: str, database_url: str) -> InventoryDemo:
     from chassis import db
     from dwf.inventory.v1 import inventory_pb2 as pb
     from dwf.inventory.v1 import inventory_pb2_grpc
-    from services.inventory.store.stock import load_master_data
+    from services.inventory.store.master_data import load_master_data
 
     engine = db.create_engine(database_url, "inventory", application_name="dwf-demo")
     try:

@@ -29,8 +29,10 @@ from chassis.errors import (
 )
 from chassis.server import Runtime
 from chassis.validation import Violations
+from dwf.common.v1 import common_pb2
 from dwf.inventory.v1 import events_pb2, inventory_pb2, inventory_pb2_grpc
-from services.inventory import domain
+from services.inventory import domain, sourcing
+from services.inventory.store import allocations as alloc
 from services.inventory.store import stock
 
 pb = inventory_pb2
@@ -203,6 +205,65 @@ async def require_warehouses(session: AsyncSession, codes: Sequence[str], field:
     ]
     if unknown:
         raise InvalidArgument(unknown, reason="UNKNOWN_WAREHOUSE")
+
+
+RANKINGS = {
+    pb.WAREHOUSE_RANKING_PRIORITY_LIST: sourcing.Ranking.PRIORITY_LIST,
+    pb.WAREHOUSE_RANKING_NEAREST_TO_SHIP_TO: sourcing.Ranking.NEAREST_TO_SHIP_TO,
+}
+SPLIT_RULES = {
+    pb.SPLIT_RULE_SHIP_COMPLETE: sourcing.SplitRule.SHIP_COMPLETE,
+    pb.SPLIT_RULE_ALLOW_SPLIT: sourcing.SplitRule.ALLOW_SPLIT,
+    pb.SPLIT_RULE_FEWEST_SPLITS: sourcing.SplitRule.FEWEST_SPLITS,
+}
+RANKING_ENUM = {value: key for key, value in RANKINGS.items()}
+SPLIT_ENUM = {value: key for key, value in SPLIT_RULES.items()}
+
+
+def effective_policy(configured: sourcing.Policy, request: Any) -> sourcing.Policy:
+    """The channel's policy with the request's overrides (unset fields keep the channel's)."""
+    if not request.HasField("policy"):
+        return configured
+    override = request.policy
+    return sourcing.Policy(
+        RANKINGS.get(override.ranking, configured.ranking),
+        tuple(override.warehouse_priority) or configured.warehouse_priority,
+        SPLIT_RULES.get(override.split_rule, configured.split_rule),
+        override.allow_backorder,
+    )
+
+
+def policy_proto(policy: sourcing.Policy) -> pb.SourcingPolicy:
+    return pb.SourcingPolicy(
+        ranking=RANKING_ENUM[policy.ranking],
+        warehouse_priority=list(policy.warehouse_priority),
+        split_rule=SPLIT_ENUM[policy.split_rule],
+        allow_backorder=policy.allow_backorder,
+    )
+
+
+def ship_to_of(request: Any) -> sourcing.ShipTo | None:
+    if not request.HasField("ship_to"):
+        return None
+    return sourcing.ShipTo(request.ship_to.region_code, request.ship_to.postal_code)
+
+
+def allocation_proto(
+    allocation_id: str,
+    warehouse: str,
+    allocated_at: datetime | None,
+    lines: Sequence[tuple[str, str, int]],
+) -> pb.WarehouseAllocation:
+    return pb.WarehouseAllocation(
+        allocation_id=allocation_id,
+        warehouse_id=warehouse,
+        allocated_at=ts(allocated_at),
+        lines=[pb.AllocatedLine(line_id=lid, sku=sku, quantity=q) for lid, sku, q in lines],
+    )
+
+
+def supply_of(row: Any) -> sourcing.Supply:
+    return sourcing.Supply(row.supply_id, row.sku, row.warehouse, row.quantity, row.expected_at)
 
 
 def shortfall_protos(plan: domain.ReservationPlan) -> list[pb.ReservationShortfall]:
@@ -581,6 +642,400 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             "CommitReservation", request, pb.CommitReservationResponse, work
         )
 
+    # --- sourcing ----------------------------------------------------------------------
+
+    async def _ranked_for(
+        self,
+        session: AsyncSession,
+        channel_id: str,
+        policy: sourcing.Policy,
+        ship_to: sourcing.ShipTo | None,
+    ) -> list[str]:
+        eligible = sourcing.eligible_warehouses(
+            (await stock.warehouses_by_code(session)).values(), channel_id
+        )
+        ranked = sourcing.rank_warehouses(eligible, policy, ship_to)
+        if not ranked:
+            raise FailedPrecondition(
+                f"no warehouse serves channel {channel_id!r}",
+                "NO_ELIGIBLE_WAREHOUSE",
+                [PreconditionViolation("CHANNEL_WAREHOUSES", channel_id, "no warehouse")],
+            )
+        return ranked
+
+    async def PromiseLines(
+        self, request: pb.PromiseLinesRequest, context: Any
+    ) -> pb.PromiseLinesResponse:
+        v = Violations()
+        v.check(bool(request.channel_id), "channel_id", "required")
+        check_lines(v, request.lines)
+        v.raise_if_any()
+        lines = domain_lines(request.lines)
+        skus = [line.sku for line in lines]
+        async with self.runtime.sessions() as session:
+            await require_known_skus(session, skus)
+            policy = await alloc.policy_of(session, request.channel_id)
+            ranked = await self._ranked_for(
+                session, request.channel_id, policy, ship_to_of(request)
+            )
+            rows = await stock.read_positions(session, skus, ranked)
+            supplies = [
+                supply_of(row)
+                for row in await stock.supplies_for(session, skus)
+                if row.warehouse in ranked
+            ]
+            now = await stock.now(session)
+        available = {(r.sku, r.warehouse): level_proto(r).available for r in rows}
+        promises = sourcing.promise_lines(lines, available, supplies, ranked, now)
+        outcome = {
+            sourcing.PromiseOutcome.AVAILABLE_NOW: pb.PROMISE_OUTCOME_AVAILABLE_NOW,
+            sourcing.PromiseOutcome.PROMISED: pb.PROMISE_OUTCOME_PROMISED,
+            sourcing.PromiseOutcome.CANNOT_PROMISE: pb.PROMISE_OUTCOME_CANNOT_PROMISE,
+        }
+        return pb.PromiseLinesResponse(
+            evaluated_at=ts(now),
+            lines=[
+                pb.LinePromise(
+                    line_id=p.line_id,
+                    sku=p.sku,
+                    requested_quantity=p.requested_quantity,
+                    available_now_quantity=p.available_now_quantity,
+                    sources=[
+                        pb.WarehouseQuantity(warehouse_id=s.warehouse, quantity=s.quantity)
+                        for s in p.sources
+                    ],
+                    promised_quantity=p.promised_quantity,
+                    promised_at=ts(p.promised_at),
+                    unpromisable_quantity=p.unpromisable_quantity,
+                    outcome=outcome[p.outcome],
+                )
+                for p in promises
+            ],
+        )
+
+    async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.AllocateResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        v.check(bool(request.order_id), "order_id", "required")
+        v.check(bool(request.channel_id), "channel_id", "required")
+        check_lines(v, request.lines)
+        if request.HasField("policy"):
+            v.check(request.policy.ranking in (0, *RANKINGS), "policy.ranking", "unknown")
+            v.check(request.policy.split_rule in (0, *SPLIT_RULES), "policy.split_rule", "unknown")
+            if request.policy.ranking == pb.WAREHOUSE_RANKING_NEAREST_TO_SHIP_TO:
+                v.check(
+                    request.HasField("ship_to"),
+                    "ship_to",
+                    "required when ranking is NEAREST_TO_SHIP_TO",
+                )
+        v.raise_if_any()
+
+        async def work(session: AsyncSession) -> pb.AllocateResponse:
+            lines = domain_lines(request.lines)
+            await require_known_skus(session, [line.sku for line in lines])
+            configured = await alloc.policy_of(session, request.channel_id)
+            policy = effective_policy(configured, request)
+            ranked = await self._ranked_for(
+                session, request.channel_id, policy, ship_to_of(request)
+            )
+            reservation_id = await stock.active_reservation_of(session, ORDER, request.order_id)
+            record = (
+                await stock.load_reservation(session, reservation_id, lock=True)
+                if reservation_id
+                else None
+            )
+            reserved: dict[tuple[str, str], int] = {}
+            if record is not None:
+                for line in record.lines:
+                    for wh, qty in line.holds.items():
+                        reserved[(line.line_id, wh)] = qty
+            positions = await stock.lock_positions(
+                session, [line.sku for line in lines], set(ranked) | {wh for _, wh in reserved}
+            )
+            available = {key: position.sellable for key, position in positions.items()}
+            plan = sourcing.plan_allocation(
+                lines, reserved, available, ranked, policy.split_rule, policy.allow_backorder
+            )
+            sku_of = {line.line_id: line.sku for line in lines}
+            moves: dict[tuple[str, str], tuple[int, int]] = {}
+
+            def move(key: tuple[str, str], d_reserved: int, d_allocated: int) -> None:
+                r, a = moves.get(key, (0, 0))
+                moves[key] = (r + d_reserved, a + d_allocated)
+
+            for (line_id, wh), qty in plan.consumed_reservation.items():
+                move((sku_of[line_id], wh), -qty, qty)
+            for (sku, wh), qty in plan.taken_atp.items():
+                move((sku, wh), 0, qty)
+            for (line_id, wh), qty in plan.released_reservation.items():
+                move((sku_of[line_id], wh), -qty, 0)
+            await alloc.move_stock(session, moves)
+            if record is not None:
+                await self._take_from_reservation(
+                    session, record, plan.consumed_reservation, plan.released_reservation
+                )
+            answer = pb.AllocateResponse(
+                unfilled=[
+                    common_pb2.LineSelection(line_id=u.line_id, quantity=u.quantity)
+                    for u in plan.unfilled
+                ]
+            )
+            for planned in plan.allocations:
+                rows = [(ln.line_id, ln.sku, ln.quantity) for ln in planned.lines]
+                allocation_id, at = await alloc.insert_allocation(
+                    session, request.order_id, request.channel_id, planned.warehouse, rows
+                )
+                answer.allocations.append(
+                    allocation_proto(allocation_id, planned.warehouse, at, rows)
+                )
+            created = [
+                await alloc.insert_backorder(
+                    session,
+                    order_id=request.order_id,
+                    channel_id=request.channel_id,
+                    line_id=b.line_id,
+                    sku=b.sku,
+                    quantity=b.quantity,
+                    priority=request.backorder_priority,
+                    warehouses=ranked,
+                )
+                for b in plan.backorders
+            ]
+            if created:
+                etas = await self._refresh_etas(session, {b.sku for b in created})
+                for row in created:
+                    eta = etas.get(row.backorder_id)
+                    answer.backorders.append(
+                        pb.BackorderLine(
+                            backorder_id=row.backorder_id,
+                            line_id=row.line_id,
+                            sku=row.sku,
+                            quantity=row.quantity,
+                            created_at=ts(row.created_at),
+                            expected_at=ts(eta.expected_at) if eta else None,
+                            warehouse_id=eta.warehouse if eta else "",
+                        )
+                    )
+            if answer.allocations:
+                await self._event(
+                    session,
+                    "order_allocation",
+                    request.order_id,
+                    events_pb2.StockAllocated(
+                        order_id=request.order_id,
+                        channel_id=request.channel_id,
+                        reservation_id=record.reservation_id if record else "",
+                        allocations=answer.allocations,
+                        policy=policy_proto(policy),
+                    ),
+                )
+            if answer.backorders:
+                await self._event(
+                    session,
+                    "order_allocation",
+                    request.order_id,
+                    events_pb2.BackorderCreated(
+                        order_id=request.order_id,
+                        channel_id=request.channel_id,
+                        backorders=answer.backorders,
+                    ),
+                )
+            return answer
+
+        return await self.runtime.once("Allocate", request, pb.AllocateResponse, work)
+
+    async def _take_from_reservation(
+        self,
+        session: AsyncSession,
+        record: stock.ReservationRecord,
+        *taken_maps: Any,
+    ) -> None:
+        """Remove allocated or released quantities from the order's holds."""
+        taken: dict[tuple[str, str], int] = {}
+        for mapping in taken_maps:
+            for key, qty in mapping.items():
+                taken[key] = taken.get(key, 0) + qty
+        for line in record.lines:
+            line.holds = {
+                wh: left
+                for wh, qty in line.holds.items()
+                if (left := qty - taken.get((line.line_id, wh), 0)) > 0
+            }
+        await stock.set_holds(session, record)
+        if not any(line.holds for line in record.lines):
+            await stock.update_reservation(session, record.reservation_id, state="CONSUMED")
+
+    async def _announce_eta_changes(self, session: AsyncSession, skus: set[str]) -> None:
+        before = {row.backorder_id: row for row in await alloc.open_backorders(session, skus)}
+        etas = await self._refresh_etas(session, skus)
+        for backorder_id, eta in etas.items():
+            row = before[backorder_id]
+            new = eta.expected_at if eta else None
+            if new != row.expected_at:
+                await self._event(
+                    session,
+                    "order_allocation",
+                    row.order_id,
+                    events_pb2.BackorderEtaChanged(
+                        order_id=row.order_id,
+                        backorder_id=backorder_id,
+                        line_id=row.line_id,
+                        sku=row.sku,
+                        previous_expected_at=ts(row.expected_at),
+                        expected_at=ts(new),
+                    ),
+                )
+
+    async def _refresh_etas(
+        self, session: AsyncSession, skus: set[str]
+    ) -> dict[str, sourcing.Eta | None]:
+        """Recompute the ETA of every open backorder of these SKUs (fill order takes supply)."""
+        rows = await alloc.open_backorders(session, skus, lock=True)
+        supplies = [supply_of(r) for r in await stock.supplies_for(session, skus)]
+        ranked = sorted({s.warehouse for s in supplies})
+        etas = sourcing.backorder_etas([alloc.as_backorder(r) for r in rows], supplies, ranked)
+        for row in rows:
+            eta = etas.get(row.backorder_id)
+            await alloc.set_backorder(
+                session,
+                row.backorder_id,
+                expected_at=eta.expected_at if eta else None,
+                eta_warehouse=eta.warehouse if eta else "",
+            )
+        return etas
+
+    async def Deallocate(
+        self, request: pb.DeallocateRequest, context: Any
+    ) -> pb.DeallocateResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        v.check(bool(request.order_id), "order_id", "required")
+        v.check(
+            request.disposition
+            in (pb.DEALLOCATION_DISPOSITION_RELEASE, pb.DEALLOCATION_DISPOSITION_RESERVE),
+            "disposition",
+            "RELEASE or RESERVE",
+        )
+        for i, selection in enumerate(request.lines):
+            v.check(bool(selection.line_id), f"lines[{i}].line_id", "required")
+            v.check(selection.quantity >= 0, f"lines[{i}].quantity", "must be >= 0")
+        v.raise_if_any()
+        keep_reserved = request.disposition == pb.DEALLOCATION_DISPOSITION_RESERVE
+
+        async def work(session: AsyncSession) -> pb.DeallocateResponse:
+            rows = await alloc.allocations_of(session, request.order_id, lock=True)
+            if request.allocation_id and not any(
+                r.allocation_id == request.allocation_id for r in rows
+            ):
+                raise NotFound(
+                    f"allocation {request.allocation_id!r} not found for the order",
+                    reason="ALLOCATION_NOT_FOUND",
+                )
+            # Per selected line, how much is still to remove (None: all of it).
+            asked: dict[str, int | None] = {
+                sel.line_id: sel.quantity or None for sel in request.lines
+            }
+            moves: dict[tuple[str, str], tuple[int, int]] = {}
+            removed: dict[str, list[tuple[str, str, int]]] = {}
+            back: dict[str, dict[str, int]] = {}  # line_id -> warehouse -> qty to re-reserve
+            skus: dict[str, str] = {}
+            for row in rows:
+                if request.allocation_id and row.allocation_id != request.allocation_id:
+                    continue
+                if asked and row.line_id not in asked:
+                    continue
+                left = asked.get(row.line_id)
+                qty = row.quantity if left is None else min(left, row.quantity)
+                if left is not None:
+                    asked[row.line_id] = left - qty
+                if qty <= 0:
+                    continue
+                await alloc.change_allocation_line(
+                    session, row.allocation_id, row.line_id, quantity=-qty
+                )
+                r, a = moves.get((row.sku, row.warehouse), (0, 0))
+                moves[(row.sku, row.warehouse)] = (r + (qty if keep_reserved else 0), a - qty)
+                removed.setdefault(row.allocation_id, []).append((row.line_id, row.sku, qty))
+                skus[row.line_id] = row.sku
+                if keep_reserved:
+                    per_wh = back.setdefault(row.line_id, {})
+                    per_wh[row.warehouse] = per_wh.get(row.warehouse, 0) + qty
+            await stock.lock_positions(session, [k[0] for k in moves], [k[1] for k in moves])
+            await alloc.move_stock(session, moves)
+            if back:
+                await self._reserve_back(session, request.order_id, rows[0].channel_id, back, skus)
+            at = {r.allocation_id: (r.warehouse, r.allocated_at) for r in rows}
+            remaining: dict[str, list[tuple[str, str, int]]] = {}
+            for r in await alloc.allocations_of(session, request.order_id):
+                if r.quantity > 0:
+                    remaining.setdefault(r.allocation_id, []).append((r.line_id, r.sku, r.quantity))
+            answer = pb.DeallocateResponse(
+                deallocated=[
+                    allocation_proto(aid, at[aid][0], at[aid][1], lines)
+                    for aid, lines in removed.items()
+                ],
+                remaining=[
+                    allocation_proto(aid, at[aid][0], at[aid][1], lines)
+                    for aid, lines in remaining.items()
+                ],
+            )
+            if answer.deallocated:
+                await self._event(
+                    session,
+                    "order_allocation",
+                    request.order_id,
+                    events_pb2.StockDeallocated(
+                        order_id=request.order_id,
+                        deallocated=answer.deallocated,
+                        disposition=request.disposition,
+                        reason=request.reason,
+                        deallocated_at=ts(await stock.now(session)),
+                    ),
+                )
+            return answer
+
+        return await self.runtime.once("Deallocate", request, pb.DeallocateResponse, work)
+
+    async def _reserve_back(
+        self,
+        session: AsyncSession,
+        order_id: str,
+        channel_id: str,
+        back: dict[str, dict[str, int]],
+        skus: dict[str, str],
+    ) -> None:
+        """Deallocated-but-kept quantity joins the order's reservation (created if needed)."""
+        reservation_id = await stock.active_reservation_of(session, ORDER, order_id)
+        if reservation_id is None:
+            lines = [
+                domain.Line(line_id, skus[line_id], sum(by_wh.values()))
+                for line_id, by_wh in back.items()
+            ]
+            await stock.insert_reservation(
+                session,
+                owner_type=ORDER,
+                owner_id=order_id,
+                channel_id=channel_id,
+                mode="PARTIAL",
+                ttl_seconds=None,
+                lines=lines,
+                holds=back,
+            )
+            return
+        record = await stock.load_reservation(session, reservation_id, lock=True)
+        assert record is not None
+        by_id = {line.line_id: line for line in record.lines}
+        for line_id, by_wh in back.items():
+            line = by_id.get(line_id)
+            if line is None:
+                line = stock.ReservationLineRecord(line_id, skus[line_id], 0)
+                record.lines.append(line)
+                by_id[line_id] = line
+            for wh, qty in by_wh.items():
+                line.holds[wh] = line.holds.get(wh, 0) + qty
+            line.requested = max(line.requested, line.reserved)
+        await stock.replace_lines(session, record)
+
     # --- stock ---------------------------------------------------------------------------
 
     async def GetAvailability(
@@ -696,6 +1151,8 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                         )
                     ],
                 )
+            if kind == "SHIPMENT":
+                position = await self._consume_allocation(session, movement)
             level = level_proto(position)
             await self._event(
                 session,
@@ -703,11 +1160,78 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                 f"{movement.warehouse}:{movement.sku}",
                 events_pb2.StockChanged(entry=ledger_proto(entry), level=level),
             )
+            if kind in ("RECEIPT", "RETURN"):
+                await self._fill_backorders(session, movement, entry.entry_id)
+                level = level_proto(
+                    (await stock.read_positions(session, [movement.sku], [movement.warehouse]))[0]
+                )
             return pb.RecordStockMovementResponse(entry=ledger_proto(entry), level=level)
 
         return await self.runtime.once(
             "RecordStockMovement", request, pb.RecordStockMovementResponse, work
         )
+
+    async def _consume_allocation(self, session: AsyncSession, movement: stock.Movement) -> Any:
+        """A shipment consumes the order line's allocation at that warehouse (up to what
+        is allocated; any excess was shipped from free stock)."""
+        left = -movement.quantity_delta
+        moved = 0
+        for row in await alloc.allocations_of(session, movement.order_id, lock=True):
+            if left == 0:
+                break
+            if (row.line_id, row.warehouse) != (movement.line_id, movement.warehouse):
+                continue
+            take = min(left, row.quantity)
+            if take > 0:
+                await alloc.change_allocation_line(
+                    session, row.allocation_id, row.line_id, quantity=-take, shipped=take
+                )
+                left -= take
+                moved += take
+        if moved:
+            await alloc.move_stock(session, {(movement.sku, movement.warehouse): (0, -moved)})
+        return (await stock.read_positions(session, [movement.sku], [movement.warehouse]))[0]
+
+    async def _fill_backorders(
+        self, session: AsyncSession, movement: stock.Movement, entry_id: str
+    ) -> None:
+        """Received stock goes to open backorders first, by priority then age."""
+        rows = await alloc.open_backorders(session, [movement.sku], lock=True)
+        if not rows:
+            return
+        position = (await stock.lock_positions(session, [movement.sku], [movement.warehouse]))[
+            (movement.sku, movement.warehouse)
+        ]
+        fills = sourcing.fill_backorders(
+            [alloc.as_backorder(r) for r in rows],
+            movement.sku,
+            movement.warehouse,
+            min(movement.quantity_delta, position.sellable),
+        )
+        by_id = {row.backorder_id: row for row in rows}
+        for backorder_id, quantity in fills:
+            row = by_id[backorder_id]
+            await alloc.move_stock(session, {(movement.sku, movement.warehouse): (0, quantity)})
+            lines = [(row.line_id, row.sku, quantity)]
+            allocation_id, at = await alloc.insert_allocation(
+                session, row.order_id, row.channel_id, movement.warehouse, lines
+            )
+            await alloc.set_backorder(session, backorder_id, quantity=row.quantity - quantity)
+            await self._event(
+                session,
+                "order_allocation",
+                row.order_id,
+                events_pb2.BackorderFilled(
+                    order_id=row.order_id,
+                    backorder_id=backorder_id,
+                    line_id=row.line_id,
+                    sku=row.sku,
+                    filled_quantity=quantity,
+                    remaining_quantity=row.quantity - quantity,
+                    allocation=allocation_proto(allocation_id, movement.warehouse, at, lines),
+                    ledger_entry_id=entry_id,
+                ),
+            )
 
     async def SetIncomingSupply(
         self, request: pb.SetIncomingSupplyRequest, context: Any
@@ -758,6 +1282,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                         quantity=0,
                     )
                 )
+            await self._announce_eta_changes(session, {s.sku for s in request.supplies})
             return answer
 
         return await self.runtime.once(

@@ -13,8 +13,7 @@ from services.inventory.handlers import consumers, workers
 def _service(runtime: Runtime) -> InventoryService:
     """One servicer per runtime, shared by the gRPC API and the background loops."""
     if not hasattr(runtime, "inventory_service"):
-        # RPCs not implemented yet answer UNIMPLEMENTED (Allocate, Deallocate, ...).
-        runtime.inventory_service = InventoryService(runtime)  # type: ignore[abstract,attr-defined]
+        runtime.inventory_service = InventoryService(runtime)  # type: ignore[attr-defined]
     service: InventoryService = runtime.inventory_service  # type: ignore[attr-defined]
     return service
 

@@ -577,15 +577,6 @@ async def replace_lines(session: AsyncSession, record: ReservationRecord) -> Non
     await set_holds(session, record)
 
 
-async def load_master_data(session: AsyncSession, data: Mapping[str, Any]) -> dict[str, int]:
-    """Warehouses, items and safety stock from a master-data document (see docs)."""
-    await upsert_warehouses(session, data.get("warehouses", []))
-    await upsert_items(session, data.get("items", []))
-    for row in data.get("safety_stock", []):
-        await set_safety_stock(session, row["sku"], row["warehouse"], int(row["quantity"]))
-    return {key: len(data.get(key, [])) for key in ("warehouses", "items", "safety_stock")}
-
-
 async def stored_reconciliation(
     session: AsyncSession, warehouse_code: str, snapshot_id: str
 ) -> bytes | None:

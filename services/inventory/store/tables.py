@@ -184,3 +184,55 @@ reconciliation = Table(
     Column("reconciled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("reconciliation_snapshot_once", "warehouse", "snapshot_id", unique=True),
 )
+
+# The channel's configured sourcing policy (master data); Allocate may override per call.
+channel_policy = Table(
+    "channel_policy",
+    metadata,
+    Column("channel_id", Text, primary_key=True),
+    Column("ranking", Text, nullable=False, server_default="PRIORITY_LIST"),
+    Column("warehouse_priority", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("split_rule", Text, nullable=False, server_default="ALLOW_SPLIT"),
+    Column("allow_backorder", Boolean, nullable=False, server_default=text("true")),
+)
+
+allocation = Table(
+    "allocation",
+    metadata,
+    Column("allocation_id", UUID(as_uuid=False), primary_key=True),
+    Column("order_id", Text, nullable=False),
+    Column("channel_id", Text, nullable=False),
+    Column("warehouse", Text, nullable=False),
+    Column("allocated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("allocation_order", "order_id"),
+)
+
+allocation_line = Table(
+    "allocation_line",
+    metadata,
+    Column("allocation_id", UUID(as_uuid=False), nullable=False),
+    Column("line_id", Text, nullable=False),
+    Column("sku", Text, nullable=False),
+    Column("quantity", BigInteger, nullable=False),  # still allocated (not shipped/removed)
+    Column("shipped", BigInteger, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("allocation_id", "line_id"),
+    CheckConstraint("quantity >= 0 AND shipped >= 0", name="allocation_line_quantities"),
+)
+
+backorder = Table(
+    "backorder",
+    metadata,
+    Column("backorder_id", UUID(as_uuid=False), primary_key=True),
+    Column("order_id", Text, nullable=False),
+    Column("channel_id", Text, nullable=False),
+    Column("line_id", Text, nullable=False),
+    Column("sku", Text, nullable=False),
+    Column("quantity", BigInteger, nullable=False),  # still waiting
+    Column("priority", Integer, nullable=False),
+    Column("warehouses", ARRAY(Text), nullable=False),  # may be filled from these
+    Column("expected_at", DateTime(timezone=True)),
+    Column("eta_warehouse", Text, nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("backorder_open", "sku", postgresql_where=text("quantity > 0")),
+    CheckConstraint("quantity >= 0", name="backorder_quantity_not_negative"),
+)

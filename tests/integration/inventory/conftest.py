@@ -14,7 +14,7 @@ from chassis.server import ServiceApp
 from dwf.inventory.v1 import inventory_pb2 as pb
 from dwf.inventory.v1 import inventory_pb2_grpc
 from services.inventory.main import SPEC
-from services.inventory.store.stock import load_master_data
+from services.inventory.store.master_data import load_master_data
 from tests.conftest import Databases, NatsServer
 from tests.integration.harness import settings_for
 

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from chassis import db
 from dwf.inventory.v1 import inventory_pb2 as pb
 from dwf.inventory.v1 import inventory_pb2_grpc
-from services.inventory.store.stock import load_master_data
+from services.inventory.store.master_data import load_master_data
 from services.inventory.store.tables import (
     ledger_entry,
     reservation,
