@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,12 +68,7 @@ async def run_once(
             )
         ).one()
         if stored.fingerprint != request_fingerprint:
-            raise AlreadyExists(
-                "request_id was already used for a different request",
-                reason="REQUEST_ID_REUSED",
-                request_id=request_id,
-                method=method,
-            )
+            raise reused(request_id, method)
         return response_type.FromString(stored.response)
     response = await work()
     await session.execute(
@@ -82,3 +77,84 @@ async def run_once(
         .values(response=response.SerializeToString(deterministic=True))
     )
     return response
+
+
+# --- the same contract for a coalesced batch of requests (one transaction) -------------
+
+
+async def claim_many(
+    session: AsyncSession, method: str, requests: Sequence[Message]
+) -> tuple[set[str], dict[str, tuple[str, bytes | None]]]:
+    """Claim each request's (method, request_id) in one statement. Returns the ids claimed
+    now, and for the others their stored (fingerprint, response). A claim held by another
+    transaction makes this wait until it commits, as in :func:`run_once`."""
+    rows = [
+        {
+            "method": method,
+            "request_id": request.request_id,  # type: ignore[attr-defined]
+            "fingerprint": fingerprint(request),
+        }
+        for request in requests
+    ]
+    unique = {row["request_id"]: row for row in rows}
+    if not unique:
+        return set(), {}
+    claimed = set(
+        (
+            await session.execute(
+                insert(idempotency_key)
+                .values(sorted(unique.values(), key=lambda row: row["request_id"]))
+                .on_conflict_do_nothing()
+                .returning(idempotency_key.c.request_id)
+            )
+        ).scalars()
+    )
+    others = sorted(set(unique) - claimed)
+    stored: dict[str, tuple[str, bytes | None]] = {}
+    if others:
+        for row in await session.execute(
+            select(
+                idempotency_key.c.request_id,
+                idempotency_key.c.fingerprint,
+                idempotency_key.c.response,
+            ).where(idempotency_key.c.method == method, idempotency_key.c.request_id.in_(others))
+        ):
+            stored[row.request_id] = (row.fingerprint, row.response)
+    return claimed, stored
+
+
+async def store_many(session: AsyncSession, method: str, responses: Mapping[str, Message]) -> None:
+    if not responses:
+        return
+    await session.execute(
+        update(idempotency_key)
+        .where(
+            idempotency_key.c.method == method,
+            idempotency_key.c.request_id == bindparam("key"),
+        )
+        .values(response=bindparam("payload")),
+        [
+            {"key": request_id, "payload": response.SerializeToString(deterministic=True)}
+            for request_id, response in responses.items()
+        ],
+    )
+
+
+async def unclaim_many(session: AsyncSession, method: str, request_ids: Sequence[str]) -> None:
+    """Failed requests leave no key behind, so a corrected retry can run."""
+    if request_ids:
+        await session.execute(
+            delete(idempotency_key).where(
+                idempotency_key.c.method == method,
+                idempotency_key.c.request_id.in_(list(request_ids)),
+            )
+        )
+
+
+def reused(request_id: str, method: str) -> AlreadyExists:
+    return AlreadyExists(
+        "request_id was already used for a different request",
+        reason="REQUEST_ID_REUSED",
+        request_id=request_id,
+        method=method,
+    )

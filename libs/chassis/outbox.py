@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
@@ -47,6 +47,21 @@ def notify_channel(schema: str) -> str:
     return f"dwf_outbox_{schema}"
 
 
+class PendingEvent(NamedTuple):
+    aggregate_type: str
+    aggregate_id: str
+    payload: Message
+    correlation_id: str | None = None
+    trace_headers: dict[str, str] | None = None  # W3C context captured from the caller
+
+
+def caller_context() -> tuple[str | None, dict[str, str]]:
+    """The current correlation id and trace headers, to attach to a deferred event."""
+    headers: dict[str, str] = {}
+    inject_headers(headers)
+    return correlation_id_var.get(), headers
+
+
 class EventRecorder:
     """Writes events into the outbox of the producing service, inside the caller's transaction."""
 
@@ -63,47 +78,104 @@ class EventRecorder:
         correlation_id: str | None = None,
         causation_id: str | None = None,
     ) -> envelope_pb2.EventEnvelope:
-        sequence = await session.scalar(
+        (envelope,) = await self.record_many(
+            session,
+            [(aggregate_type, aggregate_id, payload)],
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+        return envelope
+
+    async def record_many(
+        self,
+        session: AsyncSession,
+        events: Sequence[tuple[str, str, Message] | PendingEvent],
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> list[envelope_pb2.EventEnvelope]:
+        """Record several events with two statements: one takes every aggregate's next
+        sequences, one inserts the outbox rows. Events of one aggregate keep their order.
+        A :class:`PendingEvent` carries its own correlation id and trace headers (events
+        of coalesced requests each keep their caller's)."""
+        if not events:
+            return []
+        pending = [e if isinstance(e, PendingEvent) else PendingEvent(*e) for e in events]
+        counts: dict[tuple[str, str], int] = {}
+        for aggregate_type, aggregate_id, *_ in pending:
+            key = (aggregate_type, aggregate_id)
+            counts[key] = counts.get(key, 0) + 1
+        # Sorted keys: concurrent writers lock aggregate rows in one order (no deadlock).
+        rows = await session.execute(
             insert(aggregate_sequence)
-            .values(aggregate_type=aggregate_type, aggregate_id=aggregate_id, last_sequence=1)
+            .values(
+                [
+                    {"aggregate_type": t, "aggregate_id": i, "last_sequence": n}
+                    for (t, i), n in sorted(counts.items())
+                ]
+            )
             .on_conflict_do_update(
                 index_elements=["aggregate_type", "aggregate_id"],
-                set_={"last_sequence": aggregate_sequence.c.last_sequence + 1},
+                set_={
+                    "last_sequence": aggregate_sequence.c.last_sequence
+                    + insert(aggregate_sequence).excluded.last_sequence
+                },
             )
-            .returning(aggregate_sequence.c.last_sequence)
+            .returning(
+                aggregate_sequence.c.aggregate_type,
+                aggregate_sequence.c.aggregate_id,
+                aggregate_sequence.c.last_sequence,
+            )
         )
-        assert sequence is not None
-        envelope = envelope_pb2.EventEnvelope(
-            id=new_id(),
-            type=event_type(payload),
-            occurred_at=_now(),
-            producer=self.producer,
-            correlation_id=correlation_id or correlation_id_var.get() or new_id(),
-            causation_id=causation_id or causation_id_var.get() or "",
-            aggregate_type=aggregate_type,
-            aggregate_id=aggregate_id,
-            sequence=sequence,
-        )
-        envelope.payload.Pack(payload)
-        headers = {
-            HEADER_EVENT_TYPE: envelope.type,
-            HEADER_CORRELATION_ID: envelope.correlation_id,
+        next_sequence = {
+            (row.aggregate_type, row.aggregate_id): row.last_sequence
+            - counts[(row.aggregate_type, row.aggregate_id)]
+            + 1
+            for row in rows
         }
-        inject_headers(headers)  # the trace continues when the relay publishes
-        await session.execute(
-            outbox.insert().values(
-                event_id=envelope.id,
-                subject=subject_for(self.producer, envelope.type),
-                event_type=envelope.type,
+        correlation = correlation_id or correlation_id_var.get() or new_id()
+        causation = causation_id or causation_id_var.get() or ""
+        occurred_at = _now()
+        headers_base: dict[str, str] = {}
+        inject_headers(headers_base)  # the trace continues when the relay publishes
+        envelopes: list[envelope_pb2.EventEnvelope] = []
+        outbox_rows: list[dict[str, Any]] = []
+        for aggregate_type, aggregate_id, payload, own_correlation, own_headers in pending:
+            key = (aggregate_type, aggregate_id)
+            sequence = next_sequence[key]
+            next_sequence[key] = sequence + 1
+            envelope = envelope_pb2.EventEnvelope(
+                id=new_id(),
+                type=event_type(payload),
+                occurred_at=occurred_at,
+                producer=self.producer,
+                correlation_id=own_correlation or correlation,
+                causation_id=causation,
                 aggregate_type=aggregate_type,
                 aggregate_id=aggregate_id,
                 sequence=sequence,
-                body=envelope.SerializeToString(),
-                headers=headers,
             )
-        )
+            envelope.payload.Pack(payload)
+            envelopes.append(envelope)
+            outbox_rows.append(
+                {
+                    "event_id": envelope.id,
+                    "subject": subject_for(self.producer, envelope.type),
+                    "event_type": envelope.type,
+                    "aggregate_type": aggregate_type,
+                    "aggregate_id": aggregate_id,
+                    "sequence": sequence,
+                    "body": envelope.SerializeToString(),
+                    "headers": {
+                        **(own_headers if own_headers is not None else headers_base),
+                        HEADER_EVENT_TYPE: envelope.type,
+                        HEADER_CORRELATION_ID: envelope.correlation_id,
+                    },
+                }
+            )
         # The outbox_notify trigger wakes the relay at commit (chassis.schema).
-        return envelope
+        await session.execute(outbox.insert(), outbox_rows)
+        return envelopes
 
 
 def _now() -> timestamp_pb2.Timestamp:

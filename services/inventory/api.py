@@ -16,17 +16,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from chassis.batching import Coalescer
 from chassis.errors import (
     AlreadyExists,
+    DomainError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
     PreconditionViolation,
 )
+from chassis.idempotency import claim_many, fingerprint, reused, store_many, unclaim_many
+from chassis.outbox import PendingEvent, caller_context
 from chassis.server import Runtime
 from chassis.validation import Violations
 from dwf.common.v1 import common_pb2
@@ -293,9 +296,38 @@ def is_lapsed(record: stock.ReservationRecord, now: datetime) -> bool:
     )
 
 
+def reserve_refusal(
+    request: pb.ReserveRequest, known: set[str], owner_busy: bool, ranked: list[str]
+) -> DomainError | None:
+    unknown = [
+        FieldViolation(f"lines[{i}].sku", f"unknown SKU {line.sku!r}")
+        for i, line in enumerate(request.lines)
+        if line.sku not in known
+    ]
+    if unknown:
+        return InvalidArgument(unknown, reason="UNKNOWN_SKU")
+    if owner_busy:
+        return AlreadyExists(
+            "the owner already has an active reservation",
+            reason="OWNER_HAS_RESERVATION",
+            owner_id=request.owner.owner_id,
+        )
+    if not ranked:
+        return FailedPrecondition(
+            f"no warehouse serves channel {request.channel_id!r}",
+            "NO_ELIGIBLE_WAREHOUSE",
+            [PreconditionViolation("CHANNEL_WAREHOUSES", request.channel_id, "no warehouse")],
+        )
+    return None
+
+
 class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        # Concurrent Reserves coalesce into one transaction (the hot-SKU path).
+        self.reserve_writer: Coalescer[
+            tuple[pb.ReserveRequest, str | None, dict[str, str]], pb.ReserveResponse
+        ] = Coalescer(self._reserve_batch, max_batch=256)
 
     async def _event(
         self, session: AsyncSession, aggregate_type: str, aggregate_id: str, payload: Any
@@ -313,65 +345,171 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         v.check(owner_type is not None, "owner.type", "HOLD or ORDER")
         v.check(bool(request.owner.owner_id), "owner.owner_id", "required")
         v.check(bool(request.channel_id), "channel_id", "required")
-        ttl: float | None = None
         if owner_type == HOLD:
-            ttl = check_ttl(v, request)
+            check_ttl(v, request)
         elif owner_type == ORDER:
             v.check(not request.HasField("ttl"), "ttl", "must be unset for an ORDER reservation")
         check_lines(v, request.lines)
         v.raise_if_any()
         assert owner_type is not None
 
-        async def work(session: AsyncSession) -> pb.ReserveResponse:
-            lines = domain_lines(request.lines)
-            await require_known_skus(session, [line.sku for line in lines])
-            if await stock.active_reservation_of(session, owner_type, request.owner.owner_id):
-                raise AlreadyExists(
-                    f"{owner_type} {request.owner.owner_id} already has an active reservation",
-                    reason="OWNER_HAS_RESERVATION",
-                    owner_id=request.owner.owner_id,
-                )
-            ranked = await self._ranked(session, request.channel_id)
-            positions = await stock.lock_positions(session, [ln.sku for ln in lines], ranked)
-            mode = (
-                domain.Mode.PARTIAL
-                if request.mode == pb.RESERVATION_MODE_PARTIAL
-                else domain.Mode.ALL_OR_NOTHING
-            )
-            plan = domain.plan_reservation(lines, positions, ranked, mode)
-            shortfalls = shortfall_protos(plan)
-            if (mode is domain.Mode.ALL_OR_NOTHING and plan.shortfalls) or not plan.reserved_total:
-                return pb.ReserveResponse(shortfalls=shortfalls)
-            await stock.add_reserved(session, plan.take())
-            try:
-                reservation_id = await stock.insert_reservation(
-                    session,
-                    owner_type=owner_type,
-                    owner_id=request.owner.owner_id,
-                    channel_id=request.channel_id,
-                    mode=mode.name,
-                    ttl_seconds=ttl,
-                    lines=lines,
-                    holds={line.line.line_id: line.by_warehouse for line in plan.lines},
-                )
-            except IntegrityError as exc:  # a concurrent request for the same owner won
-                raise AlreadyExists(
-                    "the owner already has an active reservation",
-                    reason="OWNER_HAS_RESERVATION",
-                    owner_id=request.owner.owner_id,
-                ) from exc
-            record = await stock.load_reservation(session, reservation_id)
-            assert record is not None
-            reservation = reservation_proto(record)
-            await self._event(
-                session,
-                "reservation",
-                reservation_id,
-                events_pb2.ReservationCreated(reservation=reservation),
-            )
-            return pb.ReserveResponse(reservation=reservation, shortfalls=shortfalls)
+        correlation_id, trace_headers = caller_context()
+        return await self.reserve_writer.submit((request, correlation_id, trace_headers))
 
-        return await self.runtime.once("Reserve", request, pb.ReserveResponse, work)
+    async def _reserve_batch(
+        self, items: Sequence[tuple[pb.ReserveRequest, str | None, dict[str, str]]]
+    ) -> list[pb.ReserveResponse | BaseException]:
+        """Every Reserve that queued up meanwhile, in one transaction: one claim statement
+        for the request ids, one lock of the positions involved, one guarded UPDATE, one
+        INSERT per table, one outbox write. Requests are planned in arrival order."""
+        requests = [request for request, _, _ in items]
+        outcomes: list[pb.ReserveResponse | BaseException | None] = [None] * len(requests)
+        first_of: dict[str, int] = {}
+        async with self.runtime.sessions.begin() as session:
+            claimed, stored = await claim_many(session, "Reserve", requests)
+            todo: list[int] = []
+            for i, request in enumerate(requests):
+                if request.request_id in first_of:  # a retry inside the same batch
+                    continue
+                first_of[request.request_id] = i
+                if request.request_id in claimed:
+                    todo.append(i)
+                    continue
+                print_, response = stored[request.request_id]
+                if print_ != fingerprint(request):
+                    outcomes[i] = reused(request.request_id, "Reserve")
+                else:
+                    assert response is not None  # claims commit with their response
+                    outcomes[i] = pb.ReserveResponse.FromString(response)
+            known = await stock.known_skus(
+                session, {line.sku for i in todo for line in requests[i].lines}
+            )
+            busy = await stock.owners_with_active_reservation(
+                session,
+                {(OWNER_TYPES[requests[i].owner.type], requests[i].owner.owner_id) for i in todo},
+            )
+            warehouses = (await stock.warehouses_by_code(session)).values()
+            ranked_for: dict[str, list[str]] = {}
+            failed: list[str] = []
+            planned: list[tuple[int, str, list[str]]] = []
+            for i in todo:
+                request = requests[i]
+                owner = (OWNER_TYPES[request.owner.type], request.owner.owner_id)
+                ranked = ranked_for.setdefault(
+                    request.channel_id,
+                    stock.by_priority(stock.eligible(warehouses, request.channel_id)),
+                )
+                error = reserve_refusal(request, known, owner in busy, ranked)
+                if error is not None:
+                    outcomes[i] = error
+                    failed.append(request.request_id)
+                    continue
+                busy.add(owner)
+                planned.append((i, owner[0], ranked))
+            positions = await stock.lock_positions(
+                session,
+                {line.sku for i, _, _ in planned for line in requests[i].lines},
+                {wh for _, _, ranked in planned for wh in ranked},
+            )
+            now = await stock.now(session)
+            deltas: dict[tuple[str, str], int] = {}
+            heads: list[dict[str, Any]] = []
+            line_rows: list[dict[str, Any]] = []
+            hold_rows: list[dict[str, Any]] = []
+            events: list[PendingEvent] = []
+            responses: dict[str, pb.ReserveResponse] = {}
+            for i, owner_type, ranked in planned:
+                request = requests[i]
+                mode = (
+                    domain.Mode.PARTIAL
+                    if request.mode == pb.RESERVATION_MODE_PARTIAL
+                    else domain.Mode.ALL_OR_NOTHING
+                )
+                lines = domain_lines(request.lines)
+                plan = domain.plan_reservation(lines, positions, ranked, mode)
+                shortfalls = shortfall_protos(plan)
+                if (mode is domain.Mode.ALL_OR_NOTHING and plan.shortfalls) or not (
+                    plan.reserved_total
+                ):
+                    responses[request.request_id] = pb.ReserveResponse(shortfalls=shortfalls)
+                    continue
+                for key, quantity in plan.take().items():
+                    positions[key] = domain.apply_reserve(positions[key], quantity)
+                    deltas[key] = deltas.get(key, 0) + quantity
+                reservation_id = str(uuid.uuid4())
+                ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
+                record = stock.ReservationRecord(
+                    reservation_id,
+                    owner_type,
+                    request.owner.owner_id,
+                    request.channel_id,
+                    mode.name,
+                    stock.ACTIVE,
+                    now + ttl if ttl else None,
+                    now,
+                    now,
+                    [
+                        stock.ReservationLineRecord(
+                            p.line.line_id, p.line.sku, p.line.quantity, dict(p.by_warehouse)
+                        )
+                        for p in plan.lines
+                    ],
+                )
+                heads.append(
+                    {
+                        "reservation_id": reservation_id,
+                        "owner_type": owner_type,
+                        "owner_id": request.owner.owner_id,
+                        "channel_id": request.channel_id,
+                        "mode": mode.name,
+                        "state": stock.ACTIVE,
+                        "expires_at": record.expires_at,
+                    }
+                )
+                for index, line in enumerate(record.lines):
+                    line_rows.append(
+                        {
+                            "reservation_id": reservation_id,
+                            "line_id": line.line_id,
+                            "position": index,
+                            "sku": line.sku,
+                            "requested": line.requested,
+                        }
+                    )
+                    hold_rows.extend(
+                        {
+                            "reservation_id": reservation_id,
+                            "line_id": line.line_id,
+                            "warehouse": wh,
+                            "quantity": qty,
+                        }
+                        for wh, qty in line.holds.items()
+                    )
+                reservation = reservation_proto(record)
+                _, correlation_id, trace_headers = items[i]
+                events.append(
+                    PendingEvent(
+                        "reservation",
+                        reservation_id,
+                        events_pb2.ReservationCreated(reservation=reservation),
+                        correlation_id,
+                        trace_headers,
+                    )
+                )
+                responses[request.request_id] = pb.ReserveResponse(
+                    reservation=reservation, shortfalls=shortfalls
+                )
+            await stock.add_reserved_many(session, deltas)
+            await stock.insert_reservations_many(session, heads, line_rows, hold_rows)
+            await self.runtime.events.record_many(session, events)
+            await store_many(session, "Reserve", responses)
+            await unclaim_many(session, "Reserve", failed)
+        for request_id, answer in responses.items():
+            outcomes[first_of[request_id]] = answer
+        for i, request in enumerate(requests):
+            if outcomes[i] is None:  # a retry inside the batch answers like its first
+                outcomes[i] = outcomes[first_of[request.request_id]]
+        return [outcome for outcome in outcomes if outcome is not None]
 
     async def _ranked(self, session: AsyncSession, channel_id: str) -> list[str]:
         warehouses = stock.eligible((await stock.warehouses_by_code(session)).values(), channel_id)

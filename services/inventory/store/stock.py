@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select, true, tuple_, update
+from sqlalchemy import and_, func, literal, select, text, true, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -630,3 +630,66 @@ async def on_hand_as_of(
     for row in later:
         current[row.sku] -= row.delta
     return current
+
+
+# --- batched reservation writes (one statement each for a whole coalesced batch) -------
+
+
+async def owners_with_active_reservation(
+    session: AsyncSession, owners: Iterable[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    wanted = sorted(set(owners))
+    if not wanted:
+        return set()
+    rows = await session.execute(
+        select(reservation.c.owner_type, reservation.c.owner_id).where(
+            reservation.c.state == ACTIVE,
+            tuple_(reservation.c.owner_type, reservation.c.owner_id).in_(wanted),
+        )
+    )
+    return {(row.owner_type, row.owner_id) for row in rows}
+
+
+_ADD_RESERVED_MANY = text(
+    """
+    UPDATE stock_position AS p
+    SET reserved = p.reserved + d.delta, updated_at = now()
+    FROM unnest(CAST(:skus AS text[]), CAST(:warehouses AS text[]), CAST(:deltas AS bigint[]))
+         AS d(sku, warehouse, delta)
+    WHERE p.sku = d.sku AND p.warehouse = d.warehouse
+      AND p.reserved + p.allocated + p.safety_stock + d.delta <= p.on_hand
+      AND p.reserved + d.delta >= 0
+    """
+)
+
+
+async def add_reserved_many(session: AsyncSession, deltas: Mapping[tuple[str, str], int]) -> None:
+    """``add_reserved`` for many positions in one guarded statement (rows already locked)."""
+    items = sorted((key, delta) for key, delta in deltas.items() if delta)
+    if not items:
+        return
+    result = await session.execute(
+        _ADD_RESERVED_MANY,
+        {
+            "skus": [sku for (sku, _), _ in items],
+            "warehouses": [wh for (_, wh), _ in items],
+            "deltas": [delta for _, delta in items],
+        },
+    )
+    if result.rowcount != len(items):  # type: ignore[attr-defined]
+        raise GuardViolated(f"batched reserve refused on {len(items) - result.rowcount} rows")  # type: ignore[attr-defined]
+    await mark_dirty(session, [key for key, _ in items])
+
+
+async def insert_reservations_many(
+    session: AsyncSession,
+    heads: Sequence[Mapping[str, Any]],
+    lines: Sequence[Mapping[str, Any]],
+    holds: Sequence[Mapping[str, Any]],
+) -> None:
+    if heads:
+        await session.execute(reservation.insert(), list(heads))
+    if lines:
+        await session.execute(reservation_line.insert(), list(lines))
+    if holds:
+        await session.execute(reservation_hold.insert(), list(holds))

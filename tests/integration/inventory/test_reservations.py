@@ -329,3 +329,46 @@ async def test_movements_ledger_duplicates_and_negative_on_hand(inventory: Inven
             pb.ListLedgerRequest(sku="other", page_token=token or pages[0].next_page_token)
         )
     assert failure.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_coalesced_batch_isolates_failures_and_answers_retries_alike(
+    inventory: Inventory,
+) -> None:
+    """Concurrent Reserves share one transaction; each still gets its own answer."""
+    import asyncio
+
+    (sku,) = await inventory.new_skus()
+    await inventory.receive(sku, "EAST-1", 3)
+
+    def hold(owner: str, item: str, request_id: str | None = None) -> pb.ReserveRequest:
+        return pb.ReserveRequest(
+            request_id=request_id or str(uuid.uuid4()),
+            channel_id="web",
+            ttl=seconds(60),
+            owner=pb.ReservationOwner(type=pb.RESERVATION_OWNER_TYPE_HOLD, owner_id=owner),
+            lines=[pb.LineItem(line_id="1", sku=item, quantity=1)],
+        )
+
+    retried = hold("h-retry", sku)
+    calls = [
+        hold("h-ok-1", sku),
+        hold("h-bad", "NOPE"),
+        retried,
+        retried,
+        hold("h-same-owner", sku),
+        hold("h-same-owner", sku),
+        hold("h-ok-2", sku),
+    ]
+    answers = await asyncio.gather(
+        *(inventory.stub.Reserve(call) for call in calls), return_exceptions=True
+    )
+    codes = [a.code() if isinstance(a, grpc.aio.AioRpcError) else "OK" for a in answers]
+    assert codes[1] is grpc.StatusCode.INVALID_ARGUMENT
+    assert answers[2] == answers[3]  # same request_id: one effect, one answer
+    assert sorted(str(c) for c in (codes[4], codes[5])) == sorted(
+        ["OK", str(grpc.StatusCode.ALREADY_EXISTS)]
+    )
+    level = await inventory.level(sku, "EAST-1")
+    assert (level.reserved, level.available) == (3, 0)  # 3 units, 4 valid owners: one short
+    granted = [a for a in answers if not isinstance(a, BaseException) and a.reservation.lines]
+    assert len({a.reservation.reservation_id for a in granted}) == 3
