@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -80,6 +80,23 @@ async def run_once(
 
 
 # --- the same contract for a coalesced batch of requests (one transaction) -------------
+# Fixed-shape statements over arrays: compiled once, whatever the batch size.
+
+_CLAIM_MANY = text(
+    """
+    INSERT INTO idempotency_key (method, request_id, fingerprint)
+    SELECT :method, i, f FROM unnest(CAST(:ids AS text[]), CAST(:prints AS text[])) AS t(i, f)
+    ON CONFLICT DO NOTHING
+    RETURNING request_id
+    """
+)
+_STORE_MANY = text(
+    """
+    UPDATE idempotency_key AS k SET response = t.payload
+    FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS bytea[])) AS t(request_id, payload)
+    WHERE k.method = :method AND k.request_id = t.request_id
+    """
+)
 
 
 async def claim_many(
@@ -99,13 +116,16 @@ async def claim_many(
     unique = {row["request_id"]: row for row in rows}
     if not unique:
         return set(), {}
+    ordered = sorted(unique.values(), key=lambda row: row["request_id"])
     claimed = set(
         (
             await session.execute(
-                insert(idempotency_key)
-                .values(sorted(unique.values(), key=lambda row: row["request_id"]))
-                .on_conflict_do_nothing()
-                .returning(idempotency_key.c.request_id)
+                _CLAIM_MANY,
+                {
+                    "method": method,
+                    "ids": [row["request_id"] for row in ordered],
+                    "prints": [row["fingerprint"] for row in ordered],
+                },
             )
         ).scalars()
     )
@@ -126,17 +146,14 @@ async def claim_many(
 async def store_many(session: AsyncSession, method: str, responses: Mapping[str, Message]) -> None:
     if not responses:
         return
+    ids = list(responses)
     await session.execute(
-        update(idempotency_key)
-        .where(
-            idempotency_key.c.method == method,
-            idempotency_key.c.request_id == bindparam("key"),
-        )
-        .values(response=bindparam("payload")),
-        [
-            {"key": request_id, "payload": response.SerializeToString(deterministic=True)}
-            for request_id, response in responses.items()
-        ],
+        _STORE_MANY,
+        {
+            "method": method,
+            "ids": ids,
+            "payloads": [responses[i].SerializeToString(deterministic=True) for i in ids],
+        },
     )
 
 

@@ -15,6 +15,7 @@ relay that publishes recorded events to JetStream in order.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
@@ -23,8 +24,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from chassis.context import causation_id_var, correlation_id_var, new_id
@@ -35,7 +35,7 @@ from chassis.events import (
     event_type,
     subject_for,
 )
-from chassis.schema import aggregate_sequence, outbox
+from chassis.schema import outbox
 from chassis.telemetry import extract_context, inject_headers
 from dwf.events.v1 import envelope_pb2
 
@@ -45,6 +45,28 @@ tracer = trace.get_tracer("dwf.outbox")
 
 def notify_channel(schema: str) -> str:
     return f"dwf_outbox_{schema}"
+
+
+_NEXT_SEQUENCES = text(
+    """
+    INSERT INTO aggregate_sequence (aggregate_type, aggregate_id, last_sequence)
+    SELECT * FROM unnest(CAST(:types AS text[]), CAST(:ids AS text[]),
+                         CAST(:counts AS bigint[]))
+    ON CONFLICT (aggregate_type, aggregate_id)
+    DO UPDATE SET last_sequence = aggregate_sequence.last_sequence + excluded.last_sequence
+    RETURNING aggregate_type, aggregate_id, last_sequence
+    """
+)
+_INSERT_OUTBOX = text(
+    """
+    INSERT INTO outbox (event_id, subject, event_type, aggregate_type, aggregate_id,
+                        sequence, body, headers)
+    SELECT * FROM unnest(CAST(:event_id AS uuid[]), CAST(:subject AS text[]),
+                         CAST(:event_type AS text[]), CAST(:aggregate_type AS text[]),
+                         CAST(:aggregate_id AS text[]), CAST(:sequence AS bigint[]),
+                         CAST(:body AS bytea[]), CAST(:headers AS jsonb[]))
+    """
+)
 
 
 class PendingEvent(NamedTuple):
@@ -106,26 +128,14 @@ class EventRecorder:
             key = (aggregate_type, aggregate_id)
             counts[key] = counts.get(key, 0) + 1
         # Sorted keys: concurrent writers lock aggregate rows in one order (no deadlock).
+        keys = sorted(counts)
         rows = await session.execute(
-            insert(aggregate_sequence)
-            .values(
-                [
-                    {"aggregate_type": t, "aggregate_id": i, "last_sequence": n}
-                    for (t, i), n in sorted(counts.items())
-                ]
-            )
-            .on_conflict_do_update(
-                index_elements=["aggregate_type", "aggregate_id"],
-                set_={
-                    "last_sequence": aggregate_sequence.c.last_sequence
-                    + insert(aggregate_sequence).excluded.last_sequence
-                },
-            )
-            .returning(
-                aggregate_sequence.c.aggregate_type,
-                aggregate_sequence.c.aggregate_id,
-                aggregate_sequence.c.last_sequence,
-            )
+            _NEXT_SEQUENCES,
+            {
+                "types": [t for t, _ in keys],
+                "ids": [i for _, i in keys],
+                "counts": [counts[key] for key in keys],
+            },
         )
         next_sequence = {
             (row.aggregate_type, row.aggregate_id): row.last_sequence
@@ -174,7 +184,18 @@ class EventRecorder:
                 }
             )
         # The outbox_notify trigger wakes the relay at commit (chassis.schema).
-        await session.execute(outbox.insert(), outbox_rows)
+        columns = (
+            "event_id",
+            "subject",
+            "event_type",
+            "aggregate_type",
+            "aggregate_id",
+            "sequence",
+            "body",
+        )
+        arrays: dict[str, list[Any]] = {c: [row[c] for row in outbox_rows] for c in columns}
+        arrays["headers"] = [json.dumps(row["headers"]) for row in outbox_rows]
+        await session.execute(_INSERT_OUTBOX, arrays)
         return envelopes
 
 

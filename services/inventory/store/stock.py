@@ -145,11 +145,23 @@ async def read_positions(
     )
 
 
+_MARK_DIRTY = text(
+    """
+    INSERT INTO availability_dirty (sku, warehouse)
+    SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:warehouses AS text[]))
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
 async def mark_dirty(session: AsyncSession, keys: Iterable[tuple[str, str]]) -> None:
     """Record that these positions' availability changed (coalesced into one event later)."""
-    rows = [{"sku": sku, "warehouse": wh} for sku, wh in sorted(set(keys))]
-    if rows:
-        await session.execute(insert(availability_dirty).values(rows).on_conflict_do_nothing())
+    ordered = sorted(set(keys))
+    if ordered:
+        await session.execute(
+            _MARK_DIRTY,
+            {"skus": [sku for sku, _ in ordered], "warehouses": [wh for _, wh in ordered]},
+        )
 
 
 async def add_reserved(session: AsyncSession, deltas: Mapping[tuple[str, str], int]) -> None:
@@ -681,15 +693,48 @@ async def add_reserved_many(session: AsyncSession, deltas: Mapping[tuple[str, st
     await mark_dirty(session, [key for key, _ in items])
 
 
+_INSERT_RESERVATIONS = text(
+    """
+    INSERT INTO reservation (reservation_id, owner_type, owner_id, channel_id, mode, state,
+                             expires_at)
+    SELECT * FROM unnest(CAST(:reservation_id AS uuid[]), CAST(:owner_type AS text[]),
+                         CAST(:owner_id AS text[]), CAST(:channel_id AS text[]),
+                         CAST(:mode AS text[]), CAST(:state AS text[]),
+                         CAST(:expires_at AS timestamptz[]))
+    """
+)
+_INSERT_RESERVATION_LINES = text(
+    """
+    INSERT INTO reservation_line (reservation_id, line_id, position, sku, requested)
+    SELECT * FROM unnest(CAST(:reservation_id AS uuid[]), CAST(:line_id AS text[]),
+                         CAST(:position AS integer[]), CAST(:sku AS text[]),
+                         CAST(:requested AS bigint[]))
+    """
+)
+_INSERT_RESERVATION_HOLDS = text(
+    """
+    INSERT INTO reservation_hold (reservation_id, line_id, warehouse, quantity)
+    SELECT * FROM unnest(CAST(:reservation_id AS uuid[]), CAST(:line_id AS text[]),
+                         CAST(:warehouse AS text[]), CAST(:quantity AS bigint[]))
+    """
+)
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    return {column: [row[column] for row in rows] for column in rows[0]}
+
+
 async def insert_reservations_many(
     session: AsyncSession,
     heads: Sequence[Mapping[str, Any]],
     lines: Sequence[Mapping[str, Any]],
     holds: Sequence[Mapping[str, Any]],
 ) -> None:
-    if heads:
-        await session.execute(reservation.insert(), list(heads))
-    if lines:
-        await session.execute(reservation_line.insert(), list(lines))
-    if holds:
-        await session.execute(reservation_hold.insert(), list(holds))
+    """Rows of a whole batch, one fixed-shape statement per table."""
+    for statement, rows in (
+        (_INSERT_RESERVATIONS, heads),
+        (_INSERT_RESERVATION_LINES, lines),
+        (_INSERT_RESERVATION_HOLDS, holds),
+    ):
+        if rows:
+            await session.execute(statement, _columns(rows))
