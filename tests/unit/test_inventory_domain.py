@@ -1,5 +1,6 @@
 """Property tests of the inventory domain core: random sequences of receive / reserve /
-release / expire / commit never oversell and conserve stock (hypothesis state machine)."""
+release / expire / commit / allocate / ship never oversell and conserve stock (hypothesis
+state machine over the same pure functions the store applies)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from services.inventory.domain import (
     plan_reservation,
     release_from,
 )
+from services.inventory.sourcing import SplitRule, plan_allocation
 
 SKUS = ("A", "B", "C")
 WAREHOUSES = ("W1", "W2", "W3")
@@ -38,6 +40,18 @@ class StockBook(RuleBasedStateMachine):
         self.ledger = dict.fromkeys(self.positions, 0)
         self.reservations: dict[int, dict[str, tuple[str, dict[str, int]]]] = {}
         self.next_id = 0
+        self.allocated: dict[tuple[str, str], int] = dict.fromkeys(self.positions, 0)
+
+    def _move(self, key: tuple[str, str], d_reserved: int, d_allocated: int) -> None:
+        p = self.positions[key]
+        self.positions[key] = StockPosition(
+            p.sku,
+            p.warehouse,
+            p.on_hand,
+            p.reserved + d_reserved,
+            p.allocated + d_allocated,
+            p.safety_stock,
+        )
 
     def _release(self, sku: str, freed: dict[str, int]) -> None:
         for wh, qty in freed.items():
@@ -132,6 +146,62 @@ class StockBook(RuleBasedStateMachine):
                 for wh, qty in planned.by_warehouse.items():
                     holds[wh] = holds.get(wh, 0) + qty
         self.reservations[rid] = committed
+
+    @precondition(lambda self: self.reservations)
+    @rule(
+        data=st.data(),
+        split=st.sampled_from(SplitRule),
+        backorder=st.booleans(),
+        ranked=st.permutations(WAREHOUSES),
+    )
+    def allocate(
+        self, data: st.DataObject, split: SplitRule, backorder: bool, ranked: list[str]
+    ) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.reservations)))
+        reservation = self.reservations[rid]
+        lines = [
+            Line(line_id, sku, max(sum(h.values()), 1) + data.draw(st.integers(0, 3)))
+            for line_id, (sku, h) in reservation.items()
+        ]
+        reserved = {
+            (line_id, wh): q for line_id, (_, h) in reservation.items() for wh, q in h.items()
+        }
+        available = {key: p.sellable for key, p in self.positions.items()}
+        plan = plan_allocation(lines, reserved, available, ranked, split, backorder)
+        sku_of = {line.line_id: line.sku for line in lines}
+        for (line_id, wh), qty in plan.consumed_reservation.items():
+            self._move((sku_of[line_id], wh), -qty, qty)
+            self.allocated[(sku_of[line_id], wh)] += qty
+        for (sku, wh), qty in plan.taken_atp.items():
+            self._move((sku, wh), 0, qty)
+            self.allocated[(sku, wh)] += qty
+        for (line_id, wh), qty in plan.released_reservation.items():
+            self._move((sku_of[line_id], wh), -qty, 0)
+        kept = dict(plan.kept_reservation)
+        remaining = {
+            line_id: (sku, {wh: q for (lid, wh), q in kept.items() if lid == line_id})
+            for line_id, (sku, _) in reservation.items()
+        }
+        if any(h for _, h in remaining.values()):
+            self.reservations[rid] = remaining
+        else:
+            del self.reservations[rid]
+
+    @rule(sku=st.sampled_from(SKUS), wh=st.sampled_from(WAREHOUSES), qty=st.integers(1, 10))
+    def ship(self, sku: str, wh: str, qty: int) -> None:
+        shipped = min(qty, self.allocated[(sku, wh)])
+        if shipped == 0:
+            return
+        p = self.positions[(sku, wh)]
+        self.positions[(sku, wh)] = StockPosition(
+            sku, wh, p.on_hand - shipped, p.reserved, p.allocated - shipped, p.safety_stock
+        )
+        self.allocated[(sku, wh)] -= shipped
+        self.ledger[(sku, wh)] -= shipped
+
+    @invariant()
+    def allocated_equals_allocations(self) -> None:
+        assert {k: p.allocated for k, p in self.positions.items()} == self.allocated
 
     @invariant()
     def no_oversell(self) -> None:
