@@ -59,3 +59,28 @@ class Coalescer(Generic[ItemT, ResultT]):
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+
+
+ValueT = TypeVar("ValueT")
+
+
+class ExpiringValue(Generic[ValueT]):
+    """A value loaded on demand and reused for ``ttl_seconds`` (e.g. master data on a hot
+    read path); concurrent callers share one load."""
+
+    def __init__(self, load: Callable[[], Awaitable[ValueT]], ttl_seconds: float) -> None:
+        self.load = load
+        self.ttl = ttl_seconds
+        self._value: ValueT | None = None
+        self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> ValueT:
+        loop = asyncio.get_running_loop()
+        if self._value is not None and loop.time() - self._loaded_at < self.ttl:
+            return self._value
+        async with self._lock:
+            if self._value is None or loop.time() - self._loaded_at >= self.ttl:
+                self._value = await self.load()
+                self._loaded_at = loop.time()
+            return self._value

@@ -21,7 +21,11 @@ def create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout on the hot paths. A connection
+        # that died with the server fails its call as UNAVAILABLE (interceptors) and is
+        # discarded by the pool; the caller's retry gets a fresh one.
+        pool_pre_ping=False,
+        pool_recycle=1800,
         connect_args={
             "server_settings": {"search_path": schema, "application_name": application_name}
         },
@@ -44,3 +48,8 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
+
+
+def read_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool in autocommit: single-statement reads skip BEGIN/ROLLBACK round trips."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")

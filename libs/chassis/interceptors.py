@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from chassis.context import CORRELATION_ID_HEADER, correlation_id_var, new_id
 from chassis.errors import DomainError, status_for
@@ -42,6 +43,13 @@ def _correlation_from(context: grpc.aio.ServicerContext[Any, Any]) -> str:
         if key == CORRELATION_ID_HEADER and value:
             return str(value)
     return new_id()
+
+
+def _is_dependency_down(exc: BaseException) -> bool:
+    """Lost or refused database connections: retryable, not a bug."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | ConnectionError)
 
 
 class ChassisInterceptor(grpc.aio.ServerInterceptor):
@@ -153,6 +161,8 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
             return grpc.StatusCode.UNIMPLEMENTED
         if isinstance(exc, TimeoutError):
             return grpc.StatusCode.DEADLINE_EXCEEDED
+        if _is_dependency_down(exc):
+            return grpc.StatusCode.UNAVAILABLE
         if isinstance(exc, grpc.aio.AbortError):
             return context.code() or grpc.StatusCode.UNKNOWN
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
@@ -177,6 +187,11 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
             )
         elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
             status = status_for(code, "deadline exceeded", "DEADLINE_EXCEEDED", self.domain)
+        elif code is grpc.StatusCode.UNAVAILABLE:
+            log.warning("dependency unavailable in %s: %s", method, exc)
+            status = status_for(
+                code, "a dependency is unavailable; retry", "DEPENDENCY_UNAVAILABLE", self.domain
+            )
         else:
             log.exception("unhandled error in %s", method, exc_info=exc)
             status = status_for(code, "internal error", "INTERNAL", self.domain)

@@ -54,6 +54,7 @@ class Runtime:
         self.settings = settings
         self.engine: AsyncEngine = db.engine_for(settings)
         self.sessions: async_sessionmaker[AsyncSession] = db.session_factory(self.engine)
+        self.reads: AsyncEngine = db.read_engine(self.engine)
         self.events = EventRecorder(settings.service, settings.schema_name)
         self.nats: NatsClient | None = None
 

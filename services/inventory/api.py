@@ -18,7 +18,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chassis.batching import Coalescer
+from chassis.batching import Coalescer, ExpiringValue
 from chassis.errors import (
     AlreadyExists,
     DomainError,
@@ -325,9 +325,15 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         # Concurrent Reserves coalesce into one transaction (the hot-SKU path).
+        # Warehouses are master data: the read path may see a change a few seconds late.
+        self.warehouses = ExpiringValue(self._load_warehouses, ttl_seconds=5.0)
         self.reserve_writer: Coalescer[
             tuple[pb.ReserveRequest, str | None, dict[str, str]], pb.ReserveResponse
         ] = Coalescer(self._reserve_batch, max_batch=256)
+
+    async def _load_warehouses(self) -> dict[str, domain.Warehouse]:
+        async with self.runtime.sessions() as session:
+            return await stock.warehouses_by_code(session)
 
     async def _event(
         self, session: AsyncSession, aggregate_type: str, aggregate_id: str, payload: Any
@@ -1184,13 +1190,18 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         for i, sku in enumerate(request.skus):
             v.check(bool(sku), f"skus[{i}]", "must not be empty")
         v.raise_if_any()
-        async with self.runtime.sessions() as session:
-            if request.warehouse_ids:
-                await require_warehouses(session, list(request.warehouse_ids), "warehouse_ids")
-            warehouses = await stock.warehouses_by_code(session)
-            rows = await stock.read_positions(session, request.skus, request.warehouse_ids)
-            supplies = await stock.supplies_for(session, request.skus)
-            as_of = await stock.now(session)
+        warehouses = await self.warehouses.get()
+        unknown = [
+            FieldViolation(f"warehouse_ids[{i}]", f"unknown warehouse {code!r}")
+            for i, code in enumerate(request.warehouse_ids)
+            if code not in warehouses
+        ]
+        if unknown:
+            raise InvalidArgument(unknown, reason="UNKNOWN_WAREHOUSE")
+        async with self.runtime.reads.connect() as conn:
+            rows, supplies, as_of = await stock.availability_rows(
+                conn, request.skus, request.warehouse_ids
+            )
         incoming: dict[tuple[str, str], int] = {}
         for supply in supplies:
             key = (supply.sku, supply.warehouse)

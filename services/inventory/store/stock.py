@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, literal, select, text, true, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.inventory.domain import Line, StockPosition, Warehouse
 from services.inventory.store.tables import (
@@ -738,3 +738,68 @@ async def insert_reservations_many(
     ):
         if rows:
             await session.execute(statement, _columns(rows))
+
+
+# --- the availability read path (hot: two fixed statements, no ORM session) ------------
+
+_AVAILABILITY = text(
+    """
+    SELECT 'p' AS kind, p.sku, p.warehouse, p.on_hand, p.reserved, p.allocated,
+           p.safety_stock, p.updated_at, now() AS as_of,
+           NULL AS supply_id, NULL AS supply_kind, NULL::bigint AS quantity,
+           NULL::timestamptz AS expected_at
+    FROM stock_position AS p
+    WHERE p.sku = ANY(CAST(:skus AS text[]))
+      AND (cardinality(CAST(:warehouses AS text[])) = 0
+           OR p.warehouse = ANY(CAST(:warehouses AS text[])))
+    UNION ALL
+    SELECT 's', s.sku, s.warehouse, NULL, NULL, NULL, NULL, s.updated_at, now(),
+           s.supply_id, s.kind, s.quantity, s.expected_at
+    FROM incoming_supply AS s
+    WHERE s.sku = ANY(CAST(:skus AS text[]))
+    UNION ALL
+    SELECT 'n', NULL, NULL, NULL, NULL, NULL, NULL, NULL, now(), NULL, NULL, NULL, NULL
+    ORDER BY 1, 2, 3, 13, 10
+    """
+)
+
+
+@dataclass(frozen=True)
+class SupplyRow:
+    supply_id: str
+    sku: str
+    warehouse: str
+    kind: str
+    quantity: int
+    expected_at: datetime
+    updated_at: datetime
+
+
+async def availability_rows(
+    conn: AsyncConnection, skus: Sequence[str], warehouses: Sequence[str]
+) -> tuple[list[Any], list[SupplyRow], datetime]:
+    """Positions, open supplies (earliest first) and the database time, in one round trip."""
+    positions: list[Any] = []
+    supplies: list[SupplyRow] = []
+    as_of: datetime | None = None
+    for row in await conn.execute(
+        _AVAILABILITY, {"skus": list(skus), "warehouses": list(warehouses)}
+    ):
+        as_of = row.as_of
+        if row.kind == "p":
+            positions.append(row)
+        elif row.kind == "s":
+            supplies.append(
+                SupplyRow(
+                    row.supply_id,
+                    row.sku,
+                    row.warehouse,
+                    row.supply_kind,
+                    row.quantity,
+                    row.expected_at,
+                    row.updated_at,
+                )
+            )
+    assert as_of is not None
+    supplies.sort(key=lambda s: (s.expected_at, s.supply_id))
+    return positions, supplies, as_of
