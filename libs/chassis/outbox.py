@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from opentelemetry import trace
 from sqlalchemy import func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from chassis.context import causation_id_var, correlation_id_var, new_id
 from chassis.events import (
@@ -250,8 +250,13 @@ class OutboxRelay:
                     .limit(self.batch_size)
                 )
             ).all()
-            for row in rows:
-                await self._publish(conn, row)
+            # Pipelined: every publish is sent before the first ack is awaited. One
+            # connection keeps the stream's order, so per-aggregate order holds.
+            acks = [await self._publish(row) for row in rows]
+            for row, ack in zip(rows, acks, strict=True):
+                await ack  # raises if the stream refused it: nothing is marked, all retried
+                if self.after_publish is not None:
+                    await self.after_publish(row.event_id)
             if rows:
                 await conn.execute(
                     update(outbox)
@@ -260,7 +265,7 @@ class OutboxRelay:
                 )
             return len(rows)
 
-    async def _publish(self, conn: AsyncConnection, row: Any) -> None:
+    async def _publish(self, row: Any) -> asyncio.Future[Any]:
         headers: dict[str, str] = dict(row.headers)
         parent = extract_context(headers)
         with tracer.start_as_current_span(
@@ -268,9 +273,7 @@ class OutboxRelay:
         ):
             inject_headers(headers)
             headers[HEADER_MSG_ID] = row.event_id
-            await self.js.publish(row.subject, row.body, headers=headers)
-        if self.after_publish is not None:
-            await self.after_publish(row.event_id)
+            return await self.js.publish_async(row.subject, row.body, headers=headers)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.engine.connect() as listen_conn:

@@ -15,6 +15,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 _configured = False
 
@@ -28,8 +29,13 @@ def configure_tracing(service: str, *extra_processors: SpanProcessor) -> TracerP
             provider.add_span_processor(processor)
         return provider
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
-    provider = TracerProvider(resource=resource)
     exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
+    sampler = None
+    if exporter_name == "none" and not extra_processors and "OTEL_TRACES_SAMPLER" not in os.environ:
+        # Nothing exports our own root spans, so don't record them (hot paths pay for every
+        # recorded span); a caller's sampled trace is still recorded and propagated.
+        sampler = ParentBased(root=ALWAYS_OFF)
+    provider = TracerProvider(resource=resource, sampler=sampler)
     if exporter_name == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
