@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 from grpc_status import rpc_status
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -38,8 +40,11 @@ _QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 Behavior = Callable[..., Any]
 
 
-def _correlation_from(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    for key, value in context.invocation_metadata() or ():
+_TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+
+
+def _correlation_from(metadata: Any) -> str:
+    for key, value in metadata:
         if key == CORRELATION_ID_HEADER and value:
             return str(value)
     return new_id()
@@ -53,9 +58,14 @@ def _is_dependency_down(exc: BaseException) -> bool:
 
 
 class ChassisInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, domain: str, default_deadline_seconds: float) -> None:
+    def __init__(
+        self, domain: str, default_deadline_seconds: float, *, propagate_only: bool = False
+    ) -> None:
         self.domain = domain
         self.default_deadline = default_deadline_seconds
+        self.propagate_only = propagate_only
+        # Wrapped handlers are built once per method, not on every call (hot path).
+        self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
@@ -66,6 +76,14 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method: str = handler_call_details.method
+        key = (method, id(handler))
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrap(handler, method)
+            self._wrapped[key] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         quiet = method.startswith(_QUIET_PREFIXES)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -134,8 +152,13 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
-        correlation_id = _correlation_from(context)
+        metadata = context.invocation_metadata() or ()
+        correlation_id = _correlation_from(metadata)
         correlation_id_var.set(correlation_id)
+        if self.propagate_only:
+            carrier = {k: str(v) for k, v in metadata if k in _TRACE_HEADERS}
+            if carrier:  # the call's task context: attaching here scopes it to this call
+                otel_context.attach(propagate.extract(carrier))
         context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
         return time.perf_counter()
 

@@ -35,7 +35,7 @@ from chassis.idempotency import ResponseT, run_once
 from chassis.interceptors import ChassisInterceptor
 from chassis.logs import configure_logging
 from chassis.outbox import EventRecorder, OutboxRelay
-from chassis.telemetry import configure_tracing
+from chassis.telemetry import configure_tracing, spans_exported
 
 log = logging.getLogger("dwf.server")
 
@@ -125,11 +125,14 @@ class ServiceApp:
         self.settings = settings
         self.runtime = Runtime(settings)
         self.health = HealthServicer()
+        # With nowhere to export spans, OTel's interceptor would only cost time; the chassis
+        # interceptor then just carries the caller's W3C context on to outgoing events.
+        tracing = spans_exported()
+        chassis = ChassisInterceptor(
+            f"dwf.{spec.name}", settings.default_deadline_seconds, propagate_only=not tracing
+        )
         self.server = grpc.aio.server(
-            interceptors=[
-                aio_server_interceptor(),
-                ChassisInterceptor(f"dwf.{spec.name}", settings.default_deadline_seconds),
-            ]
+            interceptors=[aio_server_interceptor(), chassis] if tracing else [chassis]
         )
         self.bound_port = 0
         self.health_server: grpc.aio.Server | None = None

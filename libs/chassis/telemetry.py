@@ -18,15 +18,22 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 _configured = False
+_exporting = False
+
+
+def spans_exported() -> bool:
+    """True once tracing was configured with somewhere for spans to go."""
+    return _exporting
 
 
 def configure_tracing(service: str, *extra_processors: SpanProcessor) -> TracerProvider:
     """Install the process-wide tracer provider once; later calls return the same one."""
-    global _configured
+    global _configured, _exporting
     provider = trace.get_tracer_provider()
     if _configured and isinstance(provider, TracerProvider):
         for processor in extra_processors:
             provider.add_span_processor(processor)
+        _exporting = _exporting or bool(extra_processors)
         return provider
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
     exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
@@ -46,6 +53,7 @@ def configure_tracing(service: str, *extra_processors: SpanProcessor) -> TracerP
         provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     _configured = True
+    _exporting = exporter_name in ("otlp", "console") or bool(extra_processors)
     return provider
 
 

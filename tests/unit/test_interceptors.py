@@ -156,3 +156,34 @@ async def test_stream_error_after_messages_is_mapped(channel: grpc.aio.Channel) 
             received.append(message)
     assert received == [b"1", b"2"]
     assert failure.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_without_exported_tracing_the_callers_trace_context_still_flows() -> None:
+    """propagate_only: no OTel interceptor, yet handlers (and so outbox headers) continue the
+    caller's W3C trace."""
+    from opentelemetry import trace
+
+    seen: list[str] = []
+
+    async def current_trace(request: bytes, context: Any) -> bytes:
+        span_context = trace.get_current_span().get_span_context()
+        seen.append(format(span_context.trace_id, "032x"))
+        return b""
+
+    server = grpc.aio.server(interceptors=[ChassisInterceptor("dwf.test", 5, propagate_only=True)])
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE, {"Trace": grpc.unary_unary_rpc_method_handler(current_trace)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await channel.unary_unary(f"/{SERVICE}/Trace")(
+            b"", metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),)
+        )
+    await server.stop(0)
+    assert seen == [trace_id]
