@@ -13,23 +13,18 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import nats
 from sqlalchemy import text
 
+from bench.support import servers
 from chassis import bus, db
 from chassis.events import DLQ, STREAMS
-from chassis.migrations import upgrade
 from chassis.outbox import EventRecorder, OutboxRelay
 from dwf.events.v1 import envelope_pb2
 from dwf.order.v1 import events_pb2
-from stack.natsd import ADMIN_USER, EmbeddedNats
-from stack.postgres import EmbeddedPostgres
-from stack.provision import provision
 
 N = int(os.environ.get("DWF_BENCH_EVENTS", "2000"))
 LATENCY_SAMPLES = int(os.environ.get("DWF_BENCH_LATENCY_SAMPLES", "200"))
@@ -40,32 +35,14 @@ def rate(count: int, seconds: float) -> str:
 
 
 async def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="dwf-bench-"))
-    postgres = nats_server = None
-    admin_url = os.environ.get("DWF_DATABASE_URL")
-    nats_url = os.environ.get("DWF_NATS_URL")
-    user = password = None
-    if not admin_url:
-        postgres = EmbeddedPostgres(root / "postgres")
-        await asyncio.to_thread(postgres.start)
-        admin_url = postgres.admin_url
-    if not nats_url:
-        nats_server = EmbeddedNats(root / "nats")
-        await asyncio.to_thread(nats_server.start)
-        nats_url = nats_server.url
-        user, password = ADMIN_USER, nats_server.credentials[ADMIN_USER].password
-    try:
-        urls = await provision(
-            admin_url,
-            f"dwf_bench_{uuid.uuid4().hex[:6]}",
-            role_prefix=f"dwfb{uuid.uuid4().hex[:4]}_",
+    async with servers() as env:
+        engine = db.create_engine(
+            env.service_urls["order_gateway"], "order_gateway", application_name="b"
         )
-        engine = db.create_engine(urls["order_gateway"], "order_gateway", application_name="b")
         consumer_engine = db.create_engine(
-            urls["notifications"], "notifications", application_name="b"
+            env.service_urls["notifications"], "notifications", application_name="b"
         )
-        await upgrade(engine, "order_gateway", "order_gateway")
-        await upgrade(consumer_engine, "notifications", "notifications")
+        nats_url, user, password = env.nats_url, env.nats_user, env.nats_password
         client = await nats.connect(nats_url, user=user, password=password)
         js = client.jetstream()
         await bus.declare_stream(js, STREAMS["order_gateway"])
@@ -131,11 +108,6 @@ async def main() -> None:
         await client.close()
         await engine.dispose()
         await consumer_engine.dispose()
-    finally:
-        if nats_server is not None:
-            nats_server.stop()
-        if postgres is not None:
-            postgres.stop()
 
 
 async def end_to_end(engine, consumer_engine, js, recorder, payload) -> tuple[float, float]:  # type: ignore[no-untyped-def]

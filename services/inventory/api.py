@@ -539,6 +539,26 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             )
         return record
 
+    async def _active_hold(
+        self, session: AsyncSession, reservation_id: str
+    ) -> tuple[stock.ReservationRecord, datetime]:
+        """The locked reservation, which must be a HOLD that is active and not yet expired
+        (the sweeper may not have run yet: the expiry time decides)."""
+        record = await self._locked_reservation(session, reservation_id)
+        if record.owner_type != HOLD:
+            raise FailedPrecondition(
+                "only a HOLD reservation can be extended or committed",
+                "NOT_A_HOLD",
+                [PreconditionViolation("OWNER_TYPE", record.reservation_id, "ORDER")],
+            )
+        now = await stock.now(session)
+        if is_lapsed(record, now):
+            raise not_active(
+                record.reservation_id,
+                "EXPIRED" if record.state == stock.ACTIVE else record.state,
+            )
+        return record, now
+
     async def ExtendReservation(
         self, request: pb.ExtendReservationRequest, context: Any
     ) -> pb.ExtendReservationResponse:
@@ -550,19 +570,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         assert ttl is not None
 
         async def work(session: AsyncSession) -> pb.ExtendReservationResponse:
-            record = await self._locked_reservation(session, request.reservation_id)
-            if record.owner_type != HOLD:
-                raise FailedPrecondition(
-                    "only a HOLD reservation expires",
-                    "NOT_A_HOLD",
-                    [PreconditionViolation("OWNER_TYPE", record.reservation_id, "ORDER")],
-                )
-            now = await stock.now(session)
-            if is_lapsed(record, now):
-                raise not_active(
-                    record.reservation_id,
-                    "EXPIRED" if record.state == stock.ACTIVE else record.state,
-                )
+            record, now = await self._active_hold(session, request.reservation_id)
             previous = record.expires_at
             assert previous is not None
             expires = max(previous, now + timedelta(seconds=ttl))
@@ -696,19 +704,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         v.raise_if_any()
 
         async def work(session: AsyncSession) -> pb.CommitReservationResponse:
-            record = await self._locked_reservation(session, request.reservation_id)
-            if record.owner_type != HOLD:
-                raise FailedPrecondition(
-                    "only a HOLD reservation can be committed",
-                    "NOT_A_HOLD",
-                    [PreconditionViolation("OWNER_TYPE", record.reservation_id, "ORDER")],
-                )
-            now = await stock.now(session)
-            if is_lapsed(record, now):
-                raise not_active(
-                    record.reservation_id,
-                    "EXPIRED" if record.state == stock.ACTIVE else record.state,
-                )
+            record, _ = await self._active_hold(session, request.reservation_id)
             lines = domain_lines(request.lines)
             await require_known_skus(session, [line.sku for line in lines])
             if await stock.active_reservation_of(session, ORDER, request.order_id):

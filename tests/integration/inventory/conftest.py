@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from chassis.server import ServiceApp
 from dwf.inventory.v1 import inventory_pb2 as pb
@@ -88,6 +89,12 @@ class Inventory:
             if level.warehouse_id == warehouse:
                 return level
         return pb.StockLevel(sku=sku, warehouse_id=warehouse)
+
+
+def stamp(value: datetime) -> timestamp_pb2.Timestamp:
+    result = timestamp_pb2.Timestamp()
+    result.FromDatetime(value)
+    return result
 
 
 def seconds(value: float) -> duration_pb2.Duration:

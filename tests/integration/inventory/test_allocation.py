@@ -6,20 +6,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from google.protobuf import timestamp_pb2
 
 from dwf.common.v1 import common_pb2
 from dwf.inventory.v1 import inventory_pb2 as pb
 from services.inventory.store.allocations import allocations_of
-from tests.integration.inventory.conftest import Inventory
+from tests.integration.inventory.conftest import Inventory, stamp
 
 pytestmark = pytest.mark.integration
-
-
-def stamp(value: datetime) -> timestamp_pb2.Timestamp:
-    result = timestamp_pb2.Timestamp()
-    result.FromDatetime(value)
-    return result
 
 
 async def order_reservation(

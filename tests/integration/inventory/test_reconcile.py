@@ -6,18 +6,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from google.protobuf import timestamp_pb2
 
 from dwf.inventory.v1 import inventory_pb2 as pb
-from tests.integration.inventory.conftest import Inventory
+from tests.integration.inventory.conftest import Inventory, stamp
 
 pytestmark = pytest.mark.integration
-
-
-def stamp(value: datetime) -> timestamp_pb2.Timestamp:
-    result = timestamp_pb2.Timestamp()
-    result.FromDatetime(value)
-    return result
 
 
 async def test_reconcile_reports_and_corrects_drift_as_of_the_snapshot(
