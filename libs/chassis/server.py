@@ -57,6 +57,21 @@ class Runtime:
         self.reads: AsyncEngine = db.read_engine(self.engine)
         self.events = EventRecorder(settings.service, settings.schema_name)
         self.nats: NatsClient | None = None
+        self._on_close: list[Callable[[], Awaitable[None]]] = []
+
+    def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run at shutdown, after in-flight calls finished, before connections close."""
+        self._on_close.append(callback)
+
+    async def close(self) -> None:
+        for callback in reversed(self._on_close):
+            try:
+                await callback()
+            except Exception:
+                log.exception("shutdown hook failed")
+        if self.nats is not None and not self.nats.is_closed:
+            await self.nats.close()
+        await self.engine.dispose()
 
     async def once(
         self,
@@ -276,9 +291,7 @@ class ServiceApp:
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if self.runtime.nats is not None and not self.runtime.nats.is_closed:
-            await self.runtime.nats.close()
-        await self.runtime.engine.dispose()
+        await self.runtime.close()
         log.info("%s stopped", self.spec.name)
 
     async def wait_until_ready(self, timeout: float) -> None:

@@ -330,6 +330,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         self.reserve_writer: Coalescer[
             tuple[pb.ReserveRequest, str | None, dict[str, str]], pb.ReserveResponse
         ] = Coalescer(self._reserve_batch, max_batch=256)
+        runtime.on_close(self.reserve_writer.close)
 
     async def _load_warehouses(self) -> dict[str, domain.Warehouse]:
         async with self.runtime.sessions() as session:
