@@ -164,6 +164,7 @@ class SandboxChannel:
         self.hooks: dict[str, Hook] = {}
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     # --- control (in-process) ---------------------------------------------------------------
 
@@ -175,11 +176,14 @@ class SandboxChannel:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Closing the transports ends each connection's read with EOF; cancelling the tasks
+        # instead trips asyncio's client-connected callback (it logs the cancellation).
+        for writer in list(self._writers):
+            writer.close()
+        if self._connections:
+            _, pending = await asyncio.wait(list(self._connections), timeout=2)
+            for task in pending:
+                task.cancel()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -247,9 +251,13 @@ class SandboxChannel:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self._writers.add(writer)
         try:
             await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the peer (or stop()) closed the connection
         finally:
+            self._writers.discard(writer)
             self._connections.discard(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

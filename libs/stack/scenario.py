@@ -4,6 +4,7 @@ end-to-end flow; today it proves all four services are SERVING and discoverable 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,3 +193,150 @@ async def run_inventory_demo(address: str, database_url: str) -> InventoryDemo:
         ),
         levels_final=final,
     )
+
+
+# --- notifications: the availability feed to channels, a failure, a replay --------------
+
+AVAILABILITY_EVENT = "dwf.inventory.v1.AvailabilityChanged"
+DEMO_SECRET = "demo-shared-secret-0123456789abcdef"  # >= 32 characters
+
+
+@dataclass
+class NotificationsDemo:
+    rows: list[tuple[str, int, bool | None, int, str]]  # hook, status, signature ok, seq, skus
+    dead_letter_id: str
+    replayed: list[str]
+    superseded: int  # replays skipped because a newer update had been delivered
+    refused: int  # deliveries the endpoint refused (400) before it was fixed
+    second_replay: str  # how a second replay of the same dead letter was answered
+    deliveries_after_replay: int
+
+    @property
+    def ok(self) -> bool:
+        recovered = any(h == "storefront-stock" and 200 <= s < 300 for h, s, *_ in self.rows)
+        retried = any(h == "storefront-stock" and s == 503 for h, s, *_ in self.rows)
+        signed = all(v for _, _, v, _, _ in self.rows)
+        return (
+            recovered
+            and retried
+            and signed
+            and bool(self.dead_letter_id)
+            and self.dead_letter_id in self.replayed
+            and self.second_replay == "FAILED_PRECONDITION"
+            and self.deliveries_after_replay >= 1
+        )
+
+
+async def register_demo_endpoints(address: str, sandbox: Any) -> None:
+    import uuid
+
+    from dwf.notifications.v1 import notifications_pb2 as npb
+    from dwf.notifications.v1 import notifications_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = notifications_pb2_grpc.NotificationServiceStub(channel)
+        for hook, vocabulary in (("storefront-stock", "shopify"), ("edi-stock", "canonical")):
+            sandbox.configure(hook, secret=DEMO_SECRET)
+            await stub.UpsertChannelEndpoint(
+                npb.UpsertChannelEndpointRequest(
+                    request_id=str(uuid.uuid4()),
+                    endpoint=npb.ChannelEndpoint(
+                        endpoint_id=hook,
+                        channel_id=hook,
+                        kind=npb.ENDPOINT_KIND_WEBHOOK,
+                        url=sandbox.url(hook),
+                        secret=DEMO_SECRET,
+                        event_types=[AVAILABILITY_EVENT],
+                        vocabulary=vocabulary,
+                        enabled=True,
+                    ),
+                )
+            )
+    sandbox.fail("storefront-stock", 503, times=2)  # down twice, then recovers by itself
+    sandbox.fail("edi-stock", 400, times=None)  # refuses until fixed: dead letters, no storm
+
+
+async def run_notifications_demo(
+    address: str, sandbox: Any, timeout: float = 60
+) -> NotificationsDemo:
+    import time
+    import uuid
+
+    from dwf.notifications.v1 import notifications_pb2 as npb
+    from dwf.notifications.v1 import notifications_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+
+    async def until(condition: Any, what: str) -> None:
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"demo: timed out waiting for {what}")
+            await asyncio.sleep(0.1)  # polling the sandbox's record of deliveries
+
+    await until(lambda: sandbox.accepted("storefront-stock"), "the storefront feed")
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = notifications_pb2_grpc.NotificationServiceStub(channel)
+        dead: list[Any] = []
+
+        async def poll_dead() -> None:
+            answer = await stub.ListDeadLetters(
+                npb.ListDeadLettersRequest(
+                    filter=npb.DeadLetterFilter(
+                        endpoint_id="edi-stock", state=npb.DEAD_LETTER_STATE_PENDING
+                    )
+                )
+            )
+            dead[:] = list(answer.dead_letters)
+
+        while not dead:
+            if time.monotonic() > deadline:
+                raise TimeoutError("demo: no dead letter for edi-stock")
+            await poll_dead()
+            await asyncio.sleep(0.1)  # polling the service's dead-letter list
+        refused_before = len(sandbox.received("edi-stock"))
+        sandbox.recover("edi-stock")  # the channel fixed its endpoint
+        first = await stub.ReplayDeadLetter(
+            npb.ReplayDeadLetterRequest(
+                request_id=str(uuid.uuid4()),
+                filter=npb.DeadLetterFilter(
+                    endpoint_id="edi-stock", state=npb.DEAD_LETTER_STATE_PENDING
+                ),
+            )
+        )
+        await until(lambda: sandbox.accepted("edi-stock"), "the replayed delivery")
+        dead_letter_id = (list(first.replayed_dead_letter_ids) or [""])[0]
+        try:
+            await stub.ReplayDeadLetter(
+                npb.ReplayDeadLetterRequest(
+                    request_id=str(uuid.uuid4()), dead_letter_id=dead_letter_id
+                )
+            )
+            second_replay = "OK"
+        except grpc.aio.AioRpcError as refused:
+            second_replay = refused.code().name
+    rows = []
+    for hook in ("storefront-stock", "edi-stock"):
+        for received in sandbox.received(hook):
+            skus = ", ".join(sorted(_skus_in(received.json())))
+            rows.append((hook, received.status, received.signature_valid, received.sequence, skus))
+    return NotificationsDemo(
+        rows=rows,
+        dead_letter_id=dead_letter_id,
+        replayed=list(first.replayed_dead_letter_ids),
+        superseded=len(first.skipped),
+        refused=refused_before,
+        second_replay=second_replay,
+        deliveries_after_replay=len(sandbox.accepted("edi-stock")),
+    )
+
+
+def _skus_in(document: Any) -> set[str]:
+    """Every "sku" value anywhere in a channel payload (vocabularies nest them differently)."""
+    if isinstance(document, dict):
+        found = {str(document["sku"])} if "sku" in document else set()
+        for value in document.values():
+            found |= _skus_in(value)
+        return found
+    if isinstance(document, list):
+        return set().union(*(_skus_in(item) for item in document)) if document else set()
+    return set()

@@ -27,6 +27,7 @@ from chassis.migrations import upgrade
 from stack.natsd import ADMIN_USER, EmbeddedNats
 from stack.postgres import EmbeddedPostgres
 from stack.provision import provision
+from stack.sandbox_channel import SandboxChannel, SmtpSink
 
 log = logging.getLogger("dwf.stack")
 
@@ -50,6 +51,8 @@ class StackSettings(BaseSettings):
     notifications_port: int = DEFAULT_GRPC_PORTS["notifications"]
     startup_timeout_seconds: float = 90.0
     log_level: str = "INFO"
+    sandbox_port: int = Field(0, description="Channel webhook sandbox port (0: a free one).")
+    smtp_sink_port: int = Field(0, description="SMTP sink port (0: a free one).")
 
     def port_of(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))
@@ -73,6 +76,8 @@ class Stack:
     nats_admin: tuple[str, str] | None = None
     service_database_urls: dict[str, str] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    sandbox: SandboxChannel | None = None
+    smtp: SmtpSink | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -129,6 +134,13 @@ class Stack:
             env[f"DWF_{service.upper()}_ADDR"] = (
                 f"{self.settings.host}:{self.settings.port_of(service)}"
             )
+        if name == "notifications" and self.sandbox is not None and self.smtp is not None:
+            # The local channel sandbox speaks plain HTTP; the SMTP sink takes the email.
+            env["DWF_NOTIFY_ALLOW_HTTP"] = "true"
+            env["DWF_NOTIFY_SMTP_PORT"] = str(self.smtp.port)
+            env["DWF_NOTIFY_AVAILABILITY_INTERVAL_SECONDS"] = "1"
+            env["DWF_NOTIFY_BACKOFF_INITIAL_SECONDS"] = "0.5"
+            env["DWF_NOTIFY_BACKOFF_MAX_SECONDS"] = "2"
         if self.nats is not None:
             credentials = self.nats.credentials[name]
             env["DWF_NATS_USER"] = credentials.user
@@ -167,8 +179,22 @@ class Stack:
             if pending:
                 await asyncio.sleep(0.1)  # poll interval of the readiness probe
 
+    async def start_sandboxes(self) -> None:
+        """The channel side of the local stack: a webhook receiver and an SMTP sink."""
+        self.sandbox = SandboxChannel(port=self.settings.sandbox_port)
+        self.smtp = SmtpSink(port=self.settings.smtp_sink_port)
+        await self.sandbox.start()
+        await self.smtp.start()
+
+    async def stop_sandboxes(self) -> None:
+        if self.sandbox is not None:
+            await self.sandbox.stop()
+        if self.smtp is not None:
+            await self.smtp.stop()
+
     async def up(self) -> None:
         await self.start_dependencies()
+        await self.start_sandboxes()
         await self.provision_and_migrate()
         self.start_services()
         await self.wait_serving()
@@ -179,6 +205,8 @@ class Stack:
             "services": {name: s.address for name, s in self.services.items()},
             "nats_url": self.nats_url,
             "postgres": make_url(self.admin_database_url).render_as_string(hide_password=True),
+            "channel_sandbox": self.sandbox.base_url if self.sandbox else None,
+            "smtp_sink": f"127.0.0.1:{self.smtp.port}" if self.smtp else None,
         }
         (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
 
