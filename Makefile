@@ -59,6 +59,7 @@ test: install proto-check buf-lint buf-breaking lint typecheck
 bench: install
 	$(BIN)/python -m bench.bench_outbox
 	$(BIN)/python -m bench.bench_inventory
+	$(BIN)/python -m bench.bench_notifications
 
 clean:
 	rm -rf $(VENV) .dwf .pytest_cache .mypy_cache .ruff_cache
