@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -165,65 +166,103 @@ class Consumer:
                     log.exception("fetch failed on %s", self.spec.durable)
                     await asyncio.sleep(0.5)  # back off from a broken connection, not a sync
                     continue
-                for message in messages:
-                    await self.process(message)
+                await self.process_batch(messages)
         finally:
             await subscription.unsubscribe()
 
     async def process(self, msg: Msg) -> None:
-        attempt = msg.metadata.num_delivered
-        try:
-            envelope = envelope_pb2.EventEnvelope.FromString(msg.data)
-        except Exception as exc:  # an undecodable body never gets better: dead-letter now
-            await self._dead_letter(msg, None, f"undecodable envelope: {exc}", attempt)
+        await self.process_batch([msg])
+
+    async def process_batch(self, messages: Sequence[Msg]) -> None:
+        """Apply a fetched batch in one transaction with a savepoint per message: a failing
+        handler rolls back only its own effects (and is retried or dead-lettered alone),
+        while the batch commits once — one durable commit for many events."""
+        decoded: list[tuple[Msg, envelope_pb2.EventEnvelope, int]] = []
+        for msg in messages:
+            attempt = msg.metadata.num_delivered
+            try:
+                envelope = envelope_pb2.EventEnvelope.FromString(msg.data)
+            except Exception as exc:  # an undecodable body never gets better: dead-letter now
+                await self._dead_letter(msg, None, f"undecodable envelope: {exc}", attempt)
+                continue
+            if attempt > self.max_deliver:
+                await self._dead_letter(msg, envelope, "delivery budget exhausted", attempt)
+                continue
+            decoded.append((msg, envelope, attempt))
+        if not decoded:
             return
-        parent = extract_context(msg.headers)
-        with tracer.start_as_current_span(
+        applied: list[Msg] = []
+        failed: list[tuple[Msg, envelope_pb2.EventEnvelope, int, Exception]] = []
+        try:
+            async with self.sessions.begin() as session:
+                for msg, envelope, attempt in decoded:
+                    with self._span(msg, envelope):
+                        try:
+                            async with session.begin_nested():
+                                await self._apply_in(session, envelope)
+                            applied.append(msg)
+                        except Exception as exc:
+                            failed.append((msg, envelope, attempt, exc))
+        except Exception as commit_error:  # the commit itself failed: nothing was applied
+            log.warning(
+                "batch of %d on %s not committed (%r)",
+                len(decoded),
+                self.spec.durable,
+                commit_error,
+            )
+            failed = [(m, e, a, commit_error) for m, e, a in decoded]
+            applied = []
+        for msg in applied:
+            await msg.ack()
+        for msg, envelope, attempt, error in failed:
+            await self._retry_or_dead_letter(msg, envelope, attempt, error)
+
+    def _span(self, msg: Msg, envelope: envelope_pb2.EventEnvelope) -> Any:
+        """The consumer span of one message, continuing the producer's trace; it also sets
+        the correlation and causation ids that events recorded by the handler inherit."""
+        correlation_id_var.set(envelope.correlation_id or None)
+        causation_id_var.set(envelope.id)
+        return tracer.start_as_current_span(
             f"consume {msg.subject}",
-            context=parent,
+            context=extract_context(msg.headers),
             kind=trace.SpanKind.CONSUMER,
             attributes={
                 "messaging.consumer.group.name": self.spec.durable,
                 "dwf.event.id": envelope.id,
                 "dwf.event.type": envelope.type,
             },
-        ):
-            correlation_id_var.set(envelope.correlation_id or None)
-            causation_id_var.set(envelope.id)
-            if attempt > self.max_deliver:
-                await self._dead_letter(msg, envelope, "delivery budget exhausted", attempt)
-                return
-            try:
-                await self._apply(envelope)
-            except Exception as exc:
-                if attempt >= self.max_deliver:
-                    log.error("giving up on %s after %d attempts: %s", envelope.id, attempt, exc)
-                    await self._dead_letter(msg, envelope, repr(exc), attempt)
-                else:
-                    delay = self.backoff[min(attempt - 1, len(self.backoff) - 1)]
-                    log.warning(
-                        "attempt %d of %s failed (%r); retry in %.1fs",
-                        attempt,
-                        envelope.id,
-                        exc,
-                        delay,
-                    )
-                    await msg.nak(delay=delay)
-                return
-            await msg.ack()
+        )
+
+    async def _retry_or_dead_letter(
+        self, msg: Msg, envelope: envelope_pb2.EventEnvelope, attempt: int, exc: Exception
+    ) -> None:
+        if attempt >= self.max_deliver:
+            log.error("giving up on %s after %d attempts: %s", envelope.id, attempt, exc)
+            await self._dead_letter(msg, envelope, repr(exc), attempt)
+            return
+        delay = self.backoff[min(attempt - 1, len(self.backoff) - 1)]
+        log.warning(
+            "attempt %d of %s failed (%r); retry in %.1fs", attempt, envelope.id, exc, delay
+        )
+        await msg.nak(delay=delay)
 
     async def _apply(self, envelope: envelope_pb2.EventEnvelope) -> None:
+        """One event in its own transaction."""
         async with self.sessions.begin() as session:
-            first_time = await session.scalar(
-                insert(inbox)
-                .values(consumer=self.spec.durable, event_id=envelope.id, event_type=envelope.type)
-                .on_conflict_do_nothing()
-                .returning(inbox.c.event_id)
-            )
-            if first_time is None:
-                log.debug("duplicate %s dropped by inbox of %s", envelope.id, self.spec.durable)
-                return
-            await self.spec.handler(session, envelope)
+            await self._apply_in(session, envelope)
+
+    async def _apply_in(self, session: AsyncSession, envelope: envelope_pb2.EventEnvelope) -> None:
+        """Inbox row and the handler's effects, in the caller's transaction."""
+        first_time = await session.scalar(
+            insert(inbox)
+            .values(consumer=self.spec.durable, event_id=envelope.id, event_type=envelope.type)
+            .on_conflict_do_nothing()
+            .returning(inbox.c.event_id)
+        )
+        if first_time is None:
+            log.debug("duplicate %s dropped by inbox of %s", envelope.id, self.spec.durable)
+            return
+        await self.spec.handler(session, envelope)
 
     async def _dead_letter(
         self,

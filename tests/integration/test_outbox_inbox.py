@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,17 +229,18 @@ async def test_redelivery_after_committed_effect_is_a_no_op(
     handler = Recorder()
     consumer = _consumer(consumer_runtime, handler)
     deliveries: list[int] = []
-    original_process = consumer.process
+    original_batch = consumer.process_batch
 
-    async def lose_first_ack(msg: object) -> None:
-        deliveries.append(msg.metadata.num_delivered)  # type: ignore[attr-defined]
-        if len(deliveries) == 1:
-            await consumer._apply(bus_envelope(msg))  # effect committed...
-            await msg.nak(delay=0.05)  # type: ignore[attr-defined]  # ...then no ack
-            return
-        await original_process(msg)  # type: ignore[arg-type]
+    async def lose_first_ack(messages: Sequence[object]) -> None:
+        for msg in messages:
+            deliveries.append(msg.metadata.num_delivered)  # type: ignore[attr-defined]
+            if len(deliveries) == 1:
+                await consumer._apply(bus_envelope(msg))  # effect committed...
+                await msg.nak(delay=0.05)  # type: ignore[attr-defined]  # ...then no ack
+                continue
+            await original_batch([msg])  # type: ignore[list-item]
 
-    consumer.process = lose_first_ack  # type: ignore[method-assign]
+    consumer.process_batch = lose_first_ack  # type: ignore[method-assign,assignment]
     async with Running(consumer):
         await eventually(lambda: _delivered_twice(deliveries), what="a redelivery")
 
