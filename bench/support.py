@@ -88,15 +88,7 @@ async def servers() -> AsyncIterator[Servers]:
 
 
 def service_env(settings: ServiceSettings) -> dict[str, str]:
-    import json
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DWF_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"DWF_{name.upper()}"] = (
-                json.dumps(value) if isinstance(value, list | dict) else str(value)
-            )
-    return env
+    return settings.as_environment(dict(os.environ))
 
 
 @asynccontextmanager

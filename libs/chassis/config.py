@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -94,6 +95,17 @@ class ServiceSettings(BaseSettings):
     dependency_retry_max_seconds: float = Field(
         5.0, gt=0, description="Cap of the backoff while waiting for Postgres/NATS at start-up."
     )
+
+    def as_environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The ``DWF_*`` variables that make a child process read these settings; ``base``
+        (e.g. os.environ) is kept minus any other ``DWF_*`` variable."""
+        env = {k: v for k, v in (base or {}).items() if not k.startswith("DWF_")}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                env[f"DWF_{name.upper()}"] = (
+                    json.dumps(value) if isinstance(value, list | dict) else str(value)
+                )
+        return env
 
     @property
     def schema_name(self) -> str:

@@ -50,14 +50,6 @@ async def eventually(
 
 def service_env(settings: ServiceSettings) -> dict[str, str]:
     """The environment that makes ``python -m services.<name>`` read these settings."""
-    import json
     import os
 
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DWF_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        env[f"DWF_{name.upper()}"] = (
-            json.dumps(value) if isinstance(value, list | dict) else str(value)
-        )
-    return env
+    return settings.as_environment(dict(os.environ))

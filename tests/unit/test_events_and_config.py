@@ -81,3 +81,17 @@ def test_precondition_failure_details() -> None:
         "ErrorInfo",
         "PreconditionFailure",
     ]
+
+
+def test_settings_round_trip_through_a_child_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = ServiceSettings(
+        service="notifications",
+        grpc_port=61000,
+        consumer_backoff_seconds=[0.1, 1.0],
+        nats_user="notifications",
+    )
+    env = original.as_environment({"PATH": "/bin", "DWF_STALE": "x"})
+    assert env["PATH"] == "/bin" and "DWF_STALE" not in env
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert ServiceSettings() == original  # type: ignore[call-arg]
