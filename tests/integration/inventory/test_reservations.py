@@ -112,7 +112,7 @@ async def test_expired_hold_is_released_by_the_sweeper(inventory: Inventory) -> 
 async def test_extension_prevents_expiry(inventory: Inventory) -> None:
     (sku,) = await inventory.new_skus()
     await inventory.receive(sku, "EAST-1", 3)
-    held = await inventory.hold([(sku, 2)], ttl=1)
+    held = await inventory.hold([(sku, 2)], ttl=3)  # room to extend on a slow machine
     extended = await inventory.stub.ExtendReservation(
         pb.ExtendReservationRequest(
             request_id=str(uuid.uuid4()),
