@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import timestamp_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.batching import Coalescer, ExpiringValue
@@ -30,6 +29,7 @@ from chassis.errors import (
 )
 from chassis.idempotency import claim_many, fingerprint, reused, store_many, unclaim_many
 from chassis.outbox import PendingEvent, caller_context
+from chassis.protos import ts
 from chassis.server import Runtime
 from chassis.validation import Violations
 from dwf.common.v1 import common_pb2
@@ -69,14 +69,6 @@ DEFAULT_PAGE = 100
 
 
 # --- conversions ------------------------------------------------------------------------
-
-
-def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def reservation_proto(record: stock.ReservationRecord) -> pb.Reservation:

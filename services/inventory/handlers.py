@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from chassis.bus import ConsumerSpec
+from chassis.protos import ts
 from chassis.server import Runtime, Worker
 from dwf.inventory.v1 import events_pb2, inventory_pb2
-from services.inventory.api import InventoryService, level_proto, ts
+from services.inventory.api import InventoryService, level_proto
 from services.inventory.store import stock
 
 log = logging.getLogger("dwf.inventory")

@@ -35,6 +35,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from chassis.protos import ts
 from chassis.schema import dead_letter, inbox
 from chassis.server import Runtime
 from chassis.validation import Violations
@@ -43,7 +44,7 @@ from dwf.events.v1 import envelope_pb2
 from dwf.notifications.v1 import notifications_pb2 as pb
 from dwf.notifications.v1 import notifications_pb2_grpc
 from services.notifications import domain
-from services.notifications.delivery import DISABLE_REASONS, disable_endpoint, ts
+from services.notifications.delivery import DISABLE_REASONS, disable_endpoint
 from services.notifications.settings import NotifySettings
 from services.notifications.store import deliveries as store
 from services.notifications.store.tables import (

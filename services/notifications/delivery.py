@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import httpx
-from google.protobuf import timestamp_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from chassis.protos import ts
 from chassis.server import Runtime
 from dwf.notifications.v1 import events_pb2
 from dwf.notifications.v1 import notifications_pb2 as pb
@@ -37,14 +37,6 @@ DISABLE_REASONS = {
     "REPEATED_FAILURES": pb.DISABLE_REASON_REPEATED_FAILURES,
     "OPERATOR": pb.DISABLE_REASON_OPERATOR,
 }
-
-
-def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 # --- outgoing events ------------------------------------------------------------------------
