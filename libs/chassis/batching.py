@@ -75,6 +75,10 @@ class ExpiringValue(Generic[ValueT]):
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
+    def invalidate(self) -> None:
+        """The next ``get`` loads again (e.g. after a miss that a fresh load may answer)."""
+        self._loaded_at = float("-inf")
+
     async def get(self) -> ValueT:
         loop = asyncio.get_running_loop()
         if self._value is not None and loop.time() - self._loaded_at < self.ttl:

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from chassis.config import ServiceSettings
 from chassis.context import CORRELATION_ID_HEADER, correlation_id_var
+from chassis.errors import DomainError, RemoteError, Unavailable
 
 
 class CorrelationIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
@@ -46,3 +48,47 @@ def open_channel(target: str, settings: ServiceSettings | None = None) -> grpc.a
         )
         return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
     return grpc.aio.insecure_channel(target, interceptors=interceptors)
+
+
+# A dependency that cannot answer now: our caller should retry (UNAVAILABLE), not give up.
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+}
+
+
+def remote_error(error: grpc.aio.AioRpcError, dependency: str) -> DomainError:
+    """What to answer our caller when a call to ``dependency`` failed: transient failures
+    become UNAVAILABLE (DEPENDENCY_UNAVAILABLE); a refusal keeps its code and rich details."""
+    code = error.code()
+    if code in _TRANSIENT:
+        return Unavailable(
+            f"{dependency} is unavailable: {error.details()}", dependency=dependency
+        )
+    status = _rich_status(error) or status_pb2.Status(
+        code=code.value[0], message=error.details() or ""
+    )
+    return RemoteError(code, status)
+
+
+def _rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    metadata: Any = error.trailing_metadata() or ()
+    for key, value in metadata:
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            return status_pb2.Status.FromString(value)
+    return None
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call, or "" when it carries none."""
+    status = _rich_status(error)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""

@@ -156,6 +156,17 @@ class ResourceExhausted(DomainError):
         return [_pack(error_details_pb2.RetryInfo(retry_delay=delay))]
 
 
+class RemoteError(DomainError):
+    """Another service's refusal, passed on to our caller with its code and details."""
+
+    def __init__(self, code: StatusCode, status: status_pb2.Status) -> None:
+        super().__init__(status.message, "REMOTE", code=code)
+        self.status = status
+
+    def to_status(self, domain: str | None = None) -> status_pb2.Status:
+        return self.status
+
+
 _RPC_CODES: dict[StatusCode, int] = {
     StatusCode.OK: code_pb2.OK,
     StatusCode.CANCELLED: code_pb2.CANCELLED,
