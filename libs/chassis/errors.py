@@ -46,6 +46,8 @@ class DomainError(Exception):
         self.metadata = dict(metadata or {})
         self.code = code
         self.domain = domain
+        # Further detail messages for the caller (e.g. a document it must send back).
+        self.attachments: list[object] = []
 
     def extra_details(self) -> list[any_pb2.Any]:
         return []
@@ -54,7 +56,11 @@ class DomainError(Exception):
         info = error_details_pb2.ErrorInfo(
             reason=self.reason, domain=domain or self.domain, metadata=dict(self.metadata)
         )
-        details = [_pack(info), *self.extra_details()]
+        details = [
+            _pack(info),
+            *self.extra_details(),
+            *(_pack(message) for message in self.attachments),
+        ]
         return status_pb2.Status(code=_RPC_CODES[self.code], message=self.message, details=details)
 
 

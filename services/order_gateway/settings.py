@@ -6,15 +6,20 @@ reads them.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DWF_GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="DWF_GATEWAY_", extra="ignore", populate_by_name=True
+    )
 
     inventory_target: str = Field(
-        "127.0.0.1:50052", description="host:port of the inventory service."
+        "127.0.0.1:50052",
+        description="host:port of the inventory service (also read from DWF_INVENTORY_ADDR, "
+        "which the local stack and the Helm chart set for every service).",
+        validation_alias=AliasChoices("DWF_GATEWAY_INVENTORY_TARGET", "DWF_INVENTORY_ADDR"),
     )
     inventory_timeout_seconds: float = Field(
         5.0, gt=0, description="Deadline of each call to inventory (holds, acceptance)."

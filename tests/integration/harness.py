@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf import timestamp_pb2
+
 from chassis.config import ServiceSettings
+from dwf.events.v1 import envelope_pb2
 from tests.conftest import Databases, NatsServer
 
 
@@ -53,3 +58,36 @@ def service_env(settings: ServiceSettings) -> dict[str, str]:
     import os
 
     return settings.as_environment(dict(os.environ))
+
+
+def now_ts() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(datetime.now(UTC))
+    return stamp
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def envelope_for(
+    producer: str,
+    aggregate_type: str,
+    aggregate_id: str,
+    sequence: int,
+    payload: Any,
+    event_id: str | None = None,
+) -> envelope_pb2.EventEnvelope:
+    """An event as a producer's relay would publish it (tests play the producer)."""
+    envelope = envelope_pb2.EventEnvelope(
+        id=event_id or new_id(),
+        type=str(payload.DESCRIPTOR.full_name),
+        occurred_at=now_ts(),
+        producer=producer,
+        correlation_id=new_id(),
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        sequence=sequence,
+    )
+    envelope.payload.Pack(payload)
+    return envelope

@@ -79,6 +79,9 @@ def validate(document: Mapping[str, Any]) -> None:
             value = row.get(key, 1)
             if not isinstance(value, int | float) or value <= 0:
                 raise MasterDataError(f"{path}.{key}", "must be > 0")
+        secret = row.get("token_secret")
+        if secret is not None and (not isinstance(secret, str) or len(secret) < 32):
+            raise MasterDataError(f"{path}.token_secret", "at least 32 characters (HS256)")
         for key in ("units", "sku_aliases", "customer_aliases", "status_vocabulary"):
             mapping = row.get(key, {})
             if not isinstance(mapping, Mapping) or not all(

@@ -61,6 +61,7 @@ class StoredOrder:
     order: order_gateway_pb2.Order
     content_sha256: str
     pending_backorder: dict[str, int]
+    view_state: dict[str, str]
 
 
 def _stored(row: Any) -> StoredOrder:
@@ -68,6 +69,7 @@ def _stored(row: Any) -> StoredOrder:
         order_gateway_pb2.Order.FromString(row.document),
         row.content_sha256,
         {k: int(v) for k, v in dict(row.pending_backorder).items()},
+        {k: str(v) for k, v in dict(row.view_state).items()},
     )
 
 
@@ -103,6 +105,7 @@ async def save_order(
     order: order_gateway_pb2.Order,
     *,
     pending_backorder: Mapping[str, int] | None = None,
+    view_state: Mapping[str, str] | None = None,
 ) -> None:
     values: dict[str, Any] = {
         "status": int(order.status),
@@ -115,6 +118,8 @@ async def save_order(
         values["created_at"] = _dt(order, "created_at")
     if pending_backorder is not None:
         values["pending_backorder"] = dict(pending_backorder)
+    if view_state is not None:
+        values["view_state"] = dict(view_state)
     await session.execute(
         update(customer_order).where(customer_order.c.order_id == order.order_id).values(**values)
     )

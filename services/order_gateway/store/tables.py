@@ -120,6 +120,9 @@ customer_order = Table(
     # Per line: quantity accepted as backorder at acceptance that inventory's BackorderCreated
     # has not yet confirmed (so the line's backordered is not counted twice).
     Column("pending_backorder", JSONB, nullable=False, server_default=text("'{}'")),
+    # The order view's bookkeeping (services.order_gateway.view keeps it in "dwf.*" attributes
+    # while it works); stored apart so that no channel ever sees it.
+    Column("view_state", JSONB, nullable=False, server_default=text("'{}'")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("document", BYTEA, nullable=False),  # dwf.order.v1.Order

@@ -8,16 +8,13 @@ its own channel, hooks and orders.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import nats
 import pytest
-from google.protobuf import timestamp_pb2
 from nats.aio.client import Client as NatsClient
 from sqlalchemy import select
 
@@ -37,7 +34,7 @@ from services.notifications.settings import NotifySettings
 from services.notifications.store.tables import delivery
 from stack.sandbox_channel import SandboxChannel, SmtpSink
 from tests.conftest import Databases, NatsServer
-from tests.integration.harness import eventually, settings_for
+from tests.integration.harness import envelope_for, eventually, new_id, now_ts, settings_for
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
 ORDER_STATUS = "dwf.order.v1.OrderStatusChanged"
@@ -55,16 +52,6 @@ NOTIFY = NotifySettings(
     availability_interval_seconds=0.3,
     allow_http=True,
 )
-
-
-def now_ts() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(datetime.now(UTC))
-    return stamp
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 def status_event(
@@ -101,28 +88,6 @@ def status_event(
         ],
         customer=common_pb2.Customer(name="Jane Doe", email="jane@example.com"),
     )
-
-
-def envelope_for(
-    producer: str,
-    aggregate_type: str,
-    aggregate_id: str,
-    sequence: int,
-    payload: Any,
-    event_id: str | None = None,
-) -> envelope_pb2.EventEnvelope:
-    envelope = envelope_pb2.EventEnvelope(
-        id=event_id or new_id(),
-        type=str(payload.DESCRIPTOR.full_name),
-        occurred_at=now_ts(),
-        producer=producer,
-        correlation_id=new_id(),
-        aggregate_type=aggregate_type,
-        aggregate_id=aggregate_id,
-        sequence=sequence,
-    )
-    envelope.payload.Pack(payload)
-    return envelope
 
 
 @dataclass

@@ -109,6 +109,7 @@ DDL = [
         status INTEGER NOT NULL,
         status_sequence BIGINT NOT NULL,
         pending_backorder JSONB DEFAULT '{}' NOT NULL,
+        view_state JSONB DEFAULT '{}' NOT NULL,
         created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
         updated_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
         document BYTEA NOT NULL,
