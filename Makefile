@@ -60,6 +60,7 @@ bench: install
 	$(BIN)/python -m bench.bench_outbox
 	$(BIN)/python -m bench.bench_inventory
 	$(BIN)/python -m bench.bench_notifications
+	$(BIN)/python -m bench.bench_gateway
 
 clean:
 	rm -rf $(VENV) .dwf .pytest_cache .mypy_cache .ruff_cache

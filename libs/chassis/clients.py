@@ -67,9 +67,7 @@ def remote_error(error: grpc.aio.AioRpcError, dependency: str) -> DomainError:
     become UNAVAILABLE (DEPENDENCY_UNAVAILABLE); a refusal keeps its code and rich details."""
     code = error.code()
     if code in _TRANSIENT:
-        return Unavailable(
-            f"{dependency} is unavailable: {error.details()}", dependency=dependency
-        )
+        return Unavailable(f"{dependency} is unavailable: {error.details()}", dependency=dependency)
     status = _rich_status(error) or status_pb2.Status(
         code=code.value[0], message=error.details() or ""
     )

@@ -57,6 +57,20 @@ def _is_dependency_down(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError | InterfaceError | ConnectionError)
 
 
+class _MethodMetrics:
+    """A method's labelled metric children, looked up once instead of on every call."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.seconds = RPC_SECONDS.labels(method)
+        self._ok = RPC_HANDLED.labels(method, "OK")
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        return (
+            self._ok if code is grpc.StatusCode.OK else RPC_HANDLED.labels(self.method, code.name)
+        )
+
+
 class ChassisInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self, domain: str, default_deadline_seconds: float, *, propagate_only: bool = False
@@ -111,6 +125,8 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _wrap_unary(self, behavior: Behavior, method: str, quiet: bool) -> Behavior:
+        metrics = _MethodMetrics(method)
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = self._begin(context)
             code = grpc.StatusCode.OK
@@ -128,12 +144,14 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
                 await self._abort(exc, code, context, method)
                 raise
             finally:
-                self._end(method, code, started, quiet)
+                self._end(metrics, code, started, quiet)
 
         return wrapped
 
     def _wrap_stream(self, behavior: Behavior, method: str, quiet: bool) -> Behavior:
         # Streams (WatchOrder) may live for hours: only the client's own deadline applies.
+        metrics = _MethodMetrics(method)
+
         async def wrapped(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
@@ -147,7 +165,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
                 await self._abort(exc, code, context, method)
                 raise
             finally:
-                self._end(method, code, started, quiet)
+                self._end(metrics, code, started, quiet)
 
         return wrapped
 
@@ -162,10 +180,13 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
         context.set_trailing_metadata(((CORRELATION_ID_HEADER, correlation_id),))
         return time.perf_counter()
 
-    def _end(self, method: str, code: grpc.StatusCode, started: float, quiet: bool) -> None:
+    def _end(
+        self, metrics: _MethodMetrics, code: grpc.StatusCode, started: float, quiet: bool
+    ) -> None:
         elapsed = time.perf_counter() - started
-        RPC_HANDLED.labels(method, code.name).inc()
-        RPC_SECONDS.labels(method).observe(elapsed)
+        method = metrics.method
+        metrics.handled(code).inc()
+        metrics.seconds.observe(elapsed)
         if code is grpc.StatusCode.OK:
             if not quiet:
                 log.debug("rpc %s OK in %.2f ms", method, elapsed * 1000)

@@ -5,7 +5,11 @@ end-to-end flow; today it proves all four services are SERVING and discoverable 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -100,9 +104,15 @@ class InventoryDemo:
 
     @property
     def ok(self) -> bool:
+        # Relative to the start: with a kept data dir, earlier runs' orders stay reserved.
+        reserved_before = sum(r for _, _, _, r, _ in self.levels_before)
         reserved_after = sum(r for _, _, _, r, _ in self.levels_after)
         reserved_final = sum(r for _, _, _, r, _ in self.levels_final)
-        return reserved_after == 120 and reserved_final == 0 and self.released_state == "RELEASED"
+        return (
+            reserved_after - reserved_before == 120
+            and reserved_final == reserved_before
+            and self.released_state == "RELEASED"
+        )
 
 
 async def run_inventory_demo(address: str, database_url: str) -> InventoryDemo:
@@ -192,6 +202,442 @@ async def run_inventory_demo(address: str, database_url: str) -> InventoryDemo:
             "RESERVATION_STATE_"
         ),
         levels_final=final,
+    )
+
+
+# --- order gateway: a storefront and the four channel formats --------------------------
+
+DEMO_DIR = Path(__file__).parent / "demo"
+GATEWAY_MASTER_DATA = DEMO_DIR / "gateway_master_data.json"
+RUN_MARKER = "{{run}}"  # in the payload templates: replaced by a token unique to each run
+# (template, channel, format name); each channel's API key is in GATEWAY_MASTER_DATA.
+CHANNEL_PAYLOADS = (
+    ("shopify_order.json.tmpl", "web-store", "SHOPIFY_JSON"),
+    ("amazon_order.json.tmpl", "marketplace", "AMAZON_JSON"),
+    ("b2b_portal_order.json.tmpl", "b2b-portal", "B2B_PORTAL_JSON"),
+    ("x12_850.edi.tmpl", "edi-acme", "X12_850"),
+)
+REFUSED_PAYLOAD = ("x12_850_unknown_part.edi.tmpl", "edi-acme", "X12_850")
+REFUSED_FIELD = "PO1[1].PO107"  # the 850's one line names a part edi-acme's aliases lack
+# The storefront's cart: (line_id, channel SKU, quantity in each).
+STOREFRONT_CART = (("1", "NW-BOLT-M8X50", 24), ("2", "NW-WASHER-M8", 6))
+STOREFRONT_CHECK = (*STOREFRONT_CART, ("3", "NW-NUT-M8", 50), ("4", "NW-BOLT-M8X50", 5000))
+STOREFRONT_PRICES = {"NW-BOLT-M8X50": 850_000_000, "NW-WASHER-M8": 100_000_000}  # USD nanos
+
+
+StockRow = tuple[str, str, int, int, int]  # sku, warehouse, on hand, reserved, available
+
+
+async def stock_levels(stub: Any) -> list[StockRow]:
+    """Inventory's levels of the demo SKUs (an InventoryServiceStub)."""
+    from dwf.inventory.v1 import inventory_pb2 as ipb
+
+    skus = [item["sku"] for item in DEMO_MASTER_DATA["items"]]
+    answer = await stub.GetAvailability(ipb.GetAvailabilityRequest(skus=skus), timeout=10)
+    return [
+        (s.sku, lv.warehouse_id, lv.on_hand, lv.reserved, lv.available)
+        for s in answer.skus
+        for lv in s.warehouses
+    ]
+
+
+async def restock_sold(
+    address: str, run: str, before: Sequence[StockRow]
+) -> tuple[list[tuple[str, str, int]], list[StockRow]]:
+    """Receive, per SKU and warehouse, what became reserved since ``before``; answers the
+    quantities received and the levels after. The inventory demo's receipts are recorded once
+    per data dir (their references are fixed), so without this every `make demo` on a kept
+    data dir would sell from an ever smaller stock."""
+    import uuid
+
+    from dwf.inventory.v1 import inventory_pb2 as ipb
+    from dwf.inventory.v1 import inventory_pb2_grpc
+
+    reserved = {(sku, warehouse): r for sku, warehouse, _, r, _ in before}
+    restocked: list[tuple[str, str, int]] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        for sku, warehouse, _, now_reserved, _ in await stock_levels(stub):
+            sold = now_reserved - reserved.get((sku, warehouse), 0)
+            if sold <= 0:
+                continue
+            await stub.RecordStockMovement(
+                ipb.RecordStockMovementRequest(
+                    request_id=str(uuid.uuid4()),
+                    sku=sku,
+                    warehouse_id=warehouse,
+                    kind=ipb.MOVEMENT_KIND_RECEIPT,
+                    quantity_delta=sold,
+                    reference=f"PO-DEMO-RESTOCK-{run}",
+                ),
+                timeout=10,
+            )
+            restocked.append((sku, warehouse, sold))
+        return restocked, await stock_levels(stub)
+
+
+def render_payload(template: str, run: str) -> bytes:
+    """A demo channel payload with this run's token in its order ids, so that every run
+    (also against a kept data dir) sends new channel orders."""
+    return (DEMO_DIR / template).read_text().replace(RUN_MARKER, run).encode()
+
+
+@dataclass
+class OrderLineRow:
+    line_id: str
+    channel_sku: str
+    quantity: str  # as the channel sent it, e.g. "2 CA"
+    sku: str
+    ordered: int  # each
+    reserved: int
+    backordered: int
+
+
+@dataclass
+class GatewayOrder:
+    source: str  # "AcceptOrder" or the payload format
+    channel_id: str
+    channel_order_id: str
+    order_id: str
+    status: str
+    hold_id: str
+    existing: bool
+    customer_id: str
+    lines: list[OrderLineRow]
+
+    @property
+    def consistent(self) -> bool:
+        return (
+            bool(self.order_id)
+            and self.status == "ACCEPTED"
+            and not self.existing
+            and bool(self.lines)
+            and all(ln.reserved + ln.backordered == ln.ordered > 0 for ln in self.lines)
+        )
+
+
+@dataclass
+class GatewayDemo:
+    run: str
+    restocked: list[tuple[str, str, int]]  # sku, warehouse, quantity received again
+    levels_after: list[StockRow]  # inventory's, after the restock
+    expected_counts: dict[str, int]
+    applied: dict[str, int]
+    # line_id, channel SKU, SKU, requested, available, state
+    availability: list[tuple[str, str, str, int, int, str]]
+    as_of: datetime  # of the read model's answer
+    as_of_age_seconds: float
+    hold_id: str
+    hold_lines: list[tuple[str, int, int]]  # sku, requested, held
+    hold_expires_at: str
+    accepted: GatewayOrder
+    ingested: list[GatewayOrder]
+    acknowledgement: list[str]  # the 855's segments
+    retry_order_id: str
+    retry_request_id: str
+    refused_code: str
+    refused_reason: str
+    refused_fields: list[tuple[str, str]]  # field path, description
+    refused_acknowledgement: list[str]
+
+    @property
+    def ok(self) -> bool:
+        states = {line_id: state for line_id, _, _, _, _, state in self.availability}
+        in_cart = {line_id for line_id, _, _ in STOREFRONT_CART}
+        x12 = next((o for o in self.ingested if o.source == "X12_850"), None)
+        return (
+            self.applied == self.expected_counts
+            and len(self.availability) == len(STOREFRONT_CHECK)
+            and all(states[line_id] == "IN_STOCK" for line_id in in_cart)
+            and "UNKNOWN_SKU" not in states.values()
+            and bool(self.hold_id)
+            and all(held == requested for _, requested, held in self.hold_lines)
+            and self.accepted.consistent
+            and self.accepted.hold_id == self.hold_id
+            and all(ln.reserved == ln.ordered for ln in self.accepted.lines)
+            and len(self.ingested) == len(CHANNEL_PAYLOADS)
+            and all(order.consistent for order in self.ingested)
+            and x12 is not None
+            and any(s.startswith("BAK*00*A") for s in self.acknowledgement)
+            and sum(s.startswith("ACK*") for s in self.acknowledgement) == len(x12.lines)
+            and self.retry_order_id == self.accepted.order_id
+            and self.refused_code == "INVALID_ARGUMENT"
+            and [path for path, _ in self.refused_fields] == [REFUSED_FIELD]
+            and any(s.startswith("BAK*00*RJ") for s in self.refused_acknowledgement)
+            and sum(q for _, _, q in self.restocked)
+            == sum(ln.reserved for order in [self.accepted, *self.ingested] for ln in order.lines)
+        )
+
+
+def x12_segments(document: str) -> list[str]:
+    """The segments of an X12 interchange (its ISA declares the terminator)."""
+    if len(document) < 106:
+        return []
+    return [s.strip() for s in document.split(document[105]) if s.strip()]
+
+
+def _rich_details(error: grpc.aio.AioRpcError) -> list[Any]:
+    from google.rpc import error_details_pb2, status_pb2
+
+    from dwf.order.v1 import order_gateway_pb2 as pb
+
+    found: list[Any] = []
+    metadata: Any = error.trailing_metadata() or ()
+    for key, value in metadata:
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            for cls in (
+                error_details_pb2.ErrorInfo,
+                error_details_pb2.BadRequest,
+                pb.IngestChannelOrderResponse,
+            ):
+                message = cls()
+                if detail.Unpack(message):
+                    found.append(message)
+    return found
+
+
+def _order_row(source: str, order: Any, existing: bool) -> GatewayOrder:
+    from dwf.common.v1 import common_pb2
+
+    return GatewayOrder(
+        source=source,
+        channel_id=order.channel.channel_id,
+        channel_order_id=order.channel.channel_order_id,
+        order_id=order.order_id,
+        status=common_pb2.OrderStatus.Name(order.status).removeprefix("ORDER_STATUS_"),
+        hold_id=order.hold_id,
+        existing=existing,
+        customer_id=order.customer.customer_id,
+        lines=[
+            OrderLineRow(
+                line_id=line.line_id,
+                channel_sku=line.channel_sku,
+                quantity=f"{line.quantity.value} {line.quantity.unit_of_measure}",
+                sku=line.sku,
+                ordered=line.quantities.ordered,
+                reserved=line.quantities.reserved,
+                backordered=line.quantities.backordered,
+            )
+            for line in order.lines
+        ],
+    )
+
+
+async def run_gateway_demo(
+    address: str, database_url: str, inventory_address: str, run: str | None = None
+) -> GatewayDemo:
+    """Play a storefront and four channels against the order gateway.
+
+    The gateway's master data (channels, items and units, aliases, API keys) comes from
+    ``demo/gateway_master_data.json`` through MasterDataService.ApplyMasterData, called with an
+    admin credential this function first writes into the gateway's database with the
+    gateway's own role (a fresh random key on every run). The stock is what the inventory demo
+    received; what the orders reserve is received again at the end (``restock_sold``), so a
+    rerun on a kept data dir starts from the same availability. ``run`` goes into the
+    channel order ids (default: from the clock).
+    """
+    import secrets
+    import time
+    import uuid
+
+    from google.protobuf import duration_pb2
+    from google.rpc import error_details_pb2
+
+    from chassis import db
+    from dwf.common.v1 import common_pb2
+    from dwf.inventory.v1 import inventory_pb2_grpc
+    from dwf.order.v1 import master_data_pb2, master_data_pb2_grpc, order_gateway_pb2_grpc
+    from dwf.order.v1 import order_gateway_pb2 as pb
+    from services.order_gateway.store.master_data import SECTIONS, load_master_data
+
+    admin_key = f"demo-admin-{secrets.token_urlsafe(24)}"
+    engine = db.create_engine(database_url, "order_gateway", application_name="dwf-demo")
+    try:
+        async with db.session_factory(engine).begin() as session:
+            await load_master_data(
+                session,
+                {
+                    "credentials": [
+                        {"credential_id": "demo-admin", "api_key": admin_key, "scopes": ["admin"]}
+                    ]
+                },
+            )
+    finally:
+        await engine.dispose()
+
+    document_text = GATEWAY_MASTER_DATA.read_text()
+    document = json.loads(document_text)
+    keys = {c["channel_id"]: c["api_key"] for c in document["credentials"]}
+
+    def auth(key: str) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {key}")]
+
+    if run is None:  # 7 digits (the order ids' shapes), a new value every second
+        run = f"{int(time.time()) % 10**7:07d}"
+    async with grpc.aio.insecure_channel(inventory_address) as channel:
+        stock_before = await stock_levels(inventory_pb2_grpc.InventoryServiceStub(channel))
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            admin = master_data_pb2_grpc.MasterDataServiceStub(channel)
+            stub = order_gateway_pb2_grpc.OrderGatewayServiceStub(channel)
+            applied = await admin.ApplyMasterData(
+                master_data_pb2.ApplyMasterDataRequest(
+                    request_id=str(uuid.uuid4()), document=document_text
+                ),
+                metadata=auth(admin_key),
+                timeout=10,
+            )
+            web = auth(keys["web-store"])
+
+            def items(rows: Sequence[tuple[str, str, int]]) -> list[pb.RequestedItem]:
+                return [
+                    pb.RequestedItem(
+                        line_id=line_id,
+                        channel_sku=sku,
+                        quantity=common_pb2.Quantity(value=quantity),
+                    )
+                    for line_id, sku, quantity in rows
+                ]
+
+            # The storefront: is it in stock, hold it during payment, then the paid order.
+            checked = await stub.CheckAvailability(
+                pb.CheckAvailabilityRequest(channel_id="web-store", items=items(STOREFRONT_CHECK)),
+                metadata=web,
+                timeout=10,
+            )
+            as_of = checked.as_of.ToDatetime(tzinfo=UTC)
+            as_of_age = (datetime.now(UTC) - as_of).total_seconds()
+            channel_skus = {line_id: sku for line_id, sku, _ in STOREFRONT_CHECK}
+            availability = [
+                (
+                    a.line_id,
+                    channel_skus[a.line_id],
+                    a.sku,
+                    a.requested_quantity,
+                    a.available_quantity,
+                    pb.AvailabilityState.Name(a.state).removeprefix("AVAILABILITY_STATE_"),
+                )
+                for a in checked.items
+            ]
+            held = await stub.CreateHold(
+                pb.CreateHoldRequest(
+                    request_id=str(uuid.uuid4()),
+                    channel_id="web-store",
+                    items=items(STOREFRONT_CART),
+                    ttl=duration_pb2.Duration(seconds=900),
+                    checkout_reference=f"cart-{run}",
+                ),
+                metadata=web,
+                timeout=10,
+            )
+            hold = held.hold
+            address_to = common_pb2.PostalAddress(
+                name="Sam Rivera",
+                lines=["1600 W Fulton St", "Unit 3"],
+                locality="Chicago",
+                administrative_area="IL",
+                postal_code="60612",
+                region_code="US",
+                phone="+13125550123",
+            )
+            accept = pb.AcceptOrderRequest(
+                request_id=str(uuid.uuid4()),
+                channel=common_pb2.ChannelReference(
+                    channel_id="web-store", channel_order_id=f"WEB-{run}"
+                ),
+                customer=common_pb2.Customer(
+                    channel_customer_id="cust-4411", name="Sam Rivera", email="sam@example.com"
+                ),
+                ship_to=address_to,
+                lines=[
+                    common_pb2.OrderLine(
+                        line_id=line_id,
+                        channel_sku=sku,
+                        quantity=common_pb2.Quantity(value=quantity, unit_of_measure="EA"),
+                        unit_price=common_pb2.Money(
+                            currency_code="USD", nanos=STOREFRONT_PRICES[sku]
+                        ),
+                    )
+                    for line_id, sku, quantity in STOREFRONT_CART
+                ],
+                hold_id=hold.hold_id,
+                shipping_method="STANDARD",
+                payment_reference=f"pi_demo_{run}",
+            )
+            accepted = await stub.AcceptOrder(accept, metadata=web, timeout=10)
+
+            # The channels: one raw payload per format, each with its own channel's API key.
+            ingested: list[GatewayOrder] = []
+            acknowledgement: list[str] = []
+            for template, channel_id, fmt in CHANNEL_PAYLOADS:
+                answer = await stub.IngestChannelOrder(
+                    pb.IngestChannelOrderRequest(
+                        request_id=str(uuid.uuid4()),
+                        channel_id=channel_id,
+                        format=common_pb2.ChannelFormat.Value(f"CHANNEL_FORMAT_{fmt}"),
+                        payload=render_payload(template, run),
+                    ),
+                    metadata=auth(keys[channel_id]),
+                    timeout=10,
+                )
+                ingested.append(_order_row(fmt, answer.order, answer.existing_order))
+                if answer.acknowledgement_document:
+                    acknowledgement = x12_segments(answer.acknowledgement_document)
+
+            # A client that lost the answer retries with the same request_id: the same order.
+            retried = await stub.AcceptOrder(accept, metadata=web, timeout=10)
+
+            # A payload the gateway cannot map is refused, naming the field in the channel's
+            # own document; an 850 is still answered (with a rejecting 855).
+            template, channel_id, fmt = REFUSED_PAYLOAD
+            refused_code, refused_reason = "OK", ""
+            refused_fields: list[tuple[str, str]] = []
+            refused_ack: list[str] = []
+            try:
+                await stub.IngestChannelOrder(
+                    pb.IngestChannelOrderRequest(
+                        request_id=str(uuid.uuid4()),
+                        channel_id=channel_id,
+                        format=common_pb2.ChannelFormat.Value(f"CHANNEL_FORMAT_{fmt}"),
+                        payload=render_payload(template, run),
+                    ),
+                    metadata=auth(keys[channel_id]),
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError as error:
+                refused_code = error.code().name
+                for detail in _rich_details(error):
+                    if isinstance(detail, pb.IngestChannelOrderResponse):
+                        refused_ack = x12_segments(detail.acknowledgement_document)
+                    elif isinstance(detail, error_details_pb2.BadRequest):
+                        refused_fields = [(v.field, v.description) for v in detail.field_violations]
+                    elif isinstance(detail, error_details_pb2.ErrorInfo):
+                        refused_reason = detail.reason
+    finally:  # also when a step failed: the next run must find the same stock
+        restocked, levels_after = await restock_sold(inventory_address, run, stock_before)
+    return GatewayDemo(
+        run=run,
+        restocked=restocked,
+        levels_after=levels_after,
+        expected_counts={section: len(document.get(section, [])) for section in SECTIONS},
+        applied=dict(applied.applied),
+        availability=availability,
+        as_of=as_of,
+        as_of_age_seconds=as_of_age,
+        hold_id=hold.hold_id,
+        hold_lines=[(ln.sku, ln.requested_quantity, ln.held_quantity) for ln in hold.lines],
+        hold_expires_at=hold.expires_at.ToJsonString(),
+        accepted=_order_row("AcceptOrder", accepted.order, accepted.existing_order),
+        ingested=ingested,
+        acknowledgement=acknowledgement,
+        retry_order_id=retried.order.order_id,
+        retry_request_id=accept.request_id,
+        refused_code=refused_code,
+        refused_reason=refused_reason,
+        refused_fields=refused_fields,
+        refused_acknowledgement=refused_ack,
     )
 
 

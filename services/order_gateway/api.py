@@ -9,11 +9,13 @@ request_id derived from it, so a retry replays them instead of acting twice.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,6 +52,7 @@ from services.order_gateway.settings import GatewaySettings
 from services.order_gateway.store import master_data as md_store
 from services.order_gateway.store import orders as store
 
+log = logging.getLogger("dwf.order_gateway")
 S = common_pb2
 TERMINAL = {S.ORDER_STATUS_COMPLETED, S.ORDER_STATUS_CANCELED, S.ORDER_STATUS_RETURNED}
 CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -280,6 +283,68 @@ def read_page_token(token: str, filters: Any) -> tuple[datetime, str] | None:
 # --- the gateway ----------------------------------------------------------------------------
 
 
+class PositionCache:
+    """Read-model rows per SKU, reused by this replica for ``ttl`` seconds.
+
+    The read model itself trails inventory by an event window (0.5 s by default), so a short
+    reuse adds little staleness while sparing the database a query per call on hot SKUs.
+    An expired entry is still answered from while one background load refreshes it (callers
+    never queue behind a refresh); only a SKU never seen waits for its load. A SKU with no
+    rows is not cached: it is cold and goes to the inventory fallback.
+    """
+
+    def __init__(
+        self, load: Callable[[set[str]], Awaitable[dict[str, list[domain.Position]]]], ttl: float
+    ) -> None:
+        self._load = load
+        self._ttl = ttl
+        self._rows: dict[str, tuple[float, list[domain.Position]]] = {}
+        self._refreshing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def get(self, skus: set[str], *, fresh: bool = False) -> dict[str, list[domain.Position]]:
+        now = asyncio.get_running_loop().time()
+        found: dict[str, list[domain.Position]] = {}
+        missing: set[str] = set()
+        stale: set[str] = set()
+        for sku in skus:
+            cached = self._rows.get(sku)
+            if cached is None or fresh:
+                missing.add(sku)
+                continue
+            found[sku] = cached[1]
+            if now - cached[0] >= self._ttl and sku not in self._refreshing:
+                stale.add(sku)
+        if stale:
+            self._refreshing |= stale
+            task = asyncio.create_task(self._refresh(stale))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if missing:
+            found.update(await self._fetch(missing))
+        return found
+
+    async def _refresh(self, skus: set[str]) -> None:
+        try:
+            await self._fetch(skus)
+        except Exception:  # the next caller retries; the stale rows stay meanwhile
+            log.warning("refreshing availability of %d SKUs failed", len(skus), exc_info=True)
+        finally:
+            self._refreshing -= skus
+
+    async def _fetch(self, skus: set[str]) -> dict[str, list[domain.Position]]:
+        now = asyncio.get_running_loop().time()
+        loaded = await self._load(skus)
+        if len(self._rows) > 100_000:  # bounded: a catalogue scan must not grow memory
+            self._rows.clear()
+        for sku in skus:
+            if sku in loaded:
+                self._rows[sku] = (now, loaded[sku])
+            else:
+                self._rows.pop(sku, None)
+        return loaded
+
+
 class Gateway:
     """State shared by the gateway's servicers and handlers in one process."""
 
@@ -292,6 +357,7 @@ class Gateway:
         )
         self.limits = RateLimiter(settings.replicas)
         self.feed = OrderChangeFeed(runtime.engine)
+        self.positions = PositionCache(self._read_positions, settings.availability_cache_seconds)
         self._inventory: inventory_pb2_grpc.InventoryServiceStub | None = None
         self._channel: grpc.aio.Channel | None = None
         runtime.on_close(self._close)
@@ -303,6 +369,10 @@ class Gateway:
     async def _load_master(self) -> MasterData:
         async with self.runtime.reads.connect() as connection:
             return await md_store.read_master_data(connection)
+
+    async def _read_positions(self, skus: set[str]) -> dict[str, list[domain.Position]]:
+        async with self.runtime.reads.connect() as connection:
+            return await store.read_positions(connection, skus)
 
     async def _principal_for_key(self, key: str) -> Principal | None:
         async with self.runtime.reads.connect() as connection:
@@ -382,8 +452,7 @@ class OrderGatewayService(order_gateway_pb2_grpc.OrderGatewayServiceServicer):
                 reason="UNKNOWN_UNIT",
             )
         skus = {line.sku for line in resolved if line is not None}
-        async with self.runtime.reads.connect() as connection:
-            positions = await store.read_positions(connection, skus)
+        positions = await self.gateway.positions.get(skus)
         cold = sorted(skus - positions.keys())
         if cold:
             positions.update(await self._fallback(cold))
@@ -439,8 +508,7 @@ class OrderGatewayService(order_gateway_pb2_grpc.OrderGatewayServiceServicer):
                 levels.append(inv.StockLevel(sku=entry.sku, warehouse_id=""))
         async with self.runtime.sessions.begin() as session:
             await store.seed_positions(session, levels, as_of)
-        async with self.runtime.reads.connect() as connection:
-            return await store.read_positions(connection, skus)
+        return await self.gateway.positions.get(set(skus), fresh=True)
 
     async def _promise_dates(
         self,
@@ -805,7 +873,7 @@ class OrderGatewayService(order_gateway_pb2_grpc.OrderGatewayServiceServicer):
             if short:
                 pending[line.line_id] = short
         await store.save_order(session, order, pending_backorder=pending)
-        await store.add_status_change(session, order, S.ORDER_STATUS_UNSPECIFIED, now)
+        await store.add_status_change(session, order, S.ORDER_STATUS_UNSPECIFIED, now, notify=False)
         await self.runtime.events.record_many(
             session,
             [
@@ -1219,7 +1287,9 @@ class MasterDataService(master_data_pb2_grpc.MasterDataServiceServicer):
             document = json.loads(request.document)
             md_store.validate(document)
         except json.JSONDecodeError as exc:
-            raise InvalidArgument([FieldViolation("document", f"not JSON: {exc}")]) from exc
+            raise InvalidArgument(
+                [FieldViolation("document", f"not JSON: {exc}")], reason="INVALID_MASTER_DATA"
+            ) from exc
         except md_store.MasterDataError as exc:
             raise InvalidArgument(
                 [FieldViolation(f"document.{exc.path}".rstrip("."), exc.message)],
@@ -1233,7 +1303,9 @@ class MasterDataService(master_data_pb2_grpc.MasterDataServiceServicer):
         response = await self.runtime.once(
             "ApplyMasterData", request, master_data_pb2.ApplyMasterDataResponse, work
         )
+        # This replica sees the change at once; others within their snapshot/credential TTLs.
         self.gateway.master.invalidate()
+        self.gateway.auth.forget()
         return response
 
     async def GetMasterData(

@@ -39,10 +39,17 @@ class Authenticator:
             return await self._signed(token)
         return await self._api_key(token)
 
+    def forget(self) -> None:
+        """Drop every cached verdict (after this replica changed credentials)."""
+        self._keys.clear()
+
     async def _api_key(self, key: str) -> Principal:
         now = asyncio.get_running_loop().time()
         cached = self._keys.get(key)
-        if cached is None or now - cached[0] >= self._ttl:
+        # An unknown key is remembered only briefly: a key just issued must start working
+        # soon, while a flood of bad keys still costs the database one query a second each.
+        ttl = self._ttl if cached is None or cached[1] is not None else min(self._ttl, 1.0)
+        if cached is None or now - cached[0] >= ttl:
             principal = await self._lookup(key)
             if len(self._keys) > 10_000:  # bounded: unknown keys must not grow memory
                 self._keys.clear()

@@ -93,7 +93,9 @@ async def apply_availability(session: AsyncSession, envelope: envelope_pb2.Event
     as_of = (event.window_end if event.HasField("window_end") else envelope.occurred_at).ToDatetime(
         tzinfo=UTC
     )
-    await store.apply_levels(session, list(event.entries), envelope.sequence, as_of)
+    await store.apply_levels(
+        session, event.warehouse_id, list(event.entries), envelope.sequence, as_of
+    )
 
 
 HOLD_STATES = {

@@ -30,6 +30,11 @@ class GatewaySettings(BaseSettings):
         description="Deadline of the inventory call for SKUs the read model has never seen, "
         "and of promise-date lookups; a late answer leaves the date unset.",
     )
+    availability_cache_seconds: float = Field(
+        0.25,
+        ge=0,
+        description="How long a replica reuses read-model rows of a SKU (0: read every call).",
+    )
     master_data_ttl_seconds: float = Field(
         2.0, gt=0, description="How long a replica reuses its master-data snapshot."
     )

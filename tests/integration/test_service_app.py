@@ -241,17 +241,19 @@ async def test_unimplemented_rpc_answers_unimplemented_with_error_info(
 ) -> None:
     from grpc_status import rpc_status
 
-    from dwf.order.v1 import order_gateway_pb2, order_gateway_pb2_grpc
-    from services.order_gateway.main import SPEC
+    from dwf.fulfillment.v1 import fulfillment_pb2, fulfillment_pb2_grpc
+    from services.fulfillment.main import SPEC
 
-    settings: ServiceSettings = settings_for("order_gateway", databases, nats_server)
+    settings: ServiceSettings = settings_for("fulfillment", databases, nats_server)
     app = ServiceApp(SPEC, settings)
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.bound_port}") as channel:
-            stub = order_gateway_pb2_grpc.OrderGatewayServiceStub(channel)
+            stub = fulfillment_pb2_grpc.FulfillmentServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as failure:
-                await stub.GetOrder(order_gateway_pb2.GetOrderRequest(), timeout=5)
+                await stub.GetOrderFulfillment(
+                    fulfillment_pb2.GetOrderFulfillmentRequest(), timeout=5
+                )
         assert failure.value.code() is grpc.StatusCode.UNIMPLEMENTED
         status = rpc_status.from_call(failure.value)  # type: ignore[arg-type]
         assert status is not None and status.details[0].type_url.endswith("ErrorInfo")

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    StringConstraints,
+    ValidationError,
+)
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -49,136 +57,143 @@ def key_digest(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-def _text(row: Mapping[str, Any], key: str, path: str, required: bool = True) -> str:
-    value = row.get(key, "")
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise MasterDataError(f"{path}.{key}", "required non-empty string")
-    return value.strip()
+NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
-def validate(document: Mapping[str, Any]) -> None:
-    """Every problem is caught before anything is written (the loader runs in one tx)."""
-    if not isinstance(document, Mapping):
-        raise MasterDataError("", "a mapping with channels / items / credentials")
-    unknown = set(document) - set(SECTIONS)
-    if unknown:
-        raise MasterDataError(sorted(unknown)[0], "unknown section")
-    for section in SECTIONS:
-        if not isinstance(document.get(section, []), list):
-            raise MasterDataError(section, "must be a list")
-    for i, row in enumerate(document.get("channels", [])):
-        path = f"channels[{i}]"
-        _text(row, "channel_id", path)
-        policy = row.get("backorder_policy", "BACKORDER")
-        if policy not in BackorderPolicy.__members__:
-            raise MasterDataError(f"{path}.backorder_policy", "BACKORDER or REFUSE")
-        ttl = row.get("default_hold_ttl_seconds", 900)
-        if not isinstance(ttl, int) or not 1 <= ttl <= 3600:
-            raise MasterDataError(f"{path}.default_hold_ttl_seconds", "1..3600")
-        for key in ("rate_limit_per_second", "rate_limit_burst"):
-            value = row.get(key, 1)
-            if not isinstance(value, int | float) or value <= 0:
-                raise MasterDataError(f"{path}.{key}", "must be > 0")
-        secret = row.get("token_secret")
-        if secret is not None and (not isinstance(secret, str) or len(secret) < 32):
-            raise MasterDataError(f"{path}.token_secret", "at least 32 characters (HS256)")
-        for key in ("units", "sku_aliases", "customer_aliases", "status_vocabulary"):
-            mapping = row.get(key, {})
-            if not isinstance(mapping, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) and k and v for k, v in mapping.items()
-            ):
-                raise MasterDataError(f"{path}.{key}", "a mapping of non-empty strings")
-    for i, row in enumerate(document.get("items", [])):
-        path = f"items[{i}]"
-        _text(row, "sku", path)
-        for unit, factor in dict(row.get("units", {})).items():
-            if not isinstance(factor, int) or factor <= 0 or isinstance(factor, bool):
-                raise MasterDataError(f"{path}.units.{unit}", "a whole number > 0")
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ChannelDoc(_Strict):
+    channel_id: NonEmpty
+    name: str = ""
+    backorder_policy: Literal["BACKORDER", "REFUSE"] = "BACKORDER"
+    default_hold_ttl_seconds: int = Field(900, ge=1, le=3600)
+    warehouses: list[NonEmpty] = []
+    status_vocabulary: dict[NonEmpty, NonEmpty] = {}
+    rate_limit_per_second: float = Field(100.0, gt=0)
+    rate_limit_burst: int = Field(200, ge=1)
+    token_secret: Annotated[str, StringConstraints(min_length=32)] | None = None
+    units: dict[NonEmpty, NonEmpty] = {}
+    sku_aliases: dict[NonEmpty, NonEmpty] = {}
+    customer_aliases: dict[NonEmpty, NonEmpty] = {}
+
+
+class ItemDoc(_Strict):
+    sku: NonEmpty
+    description: str = ""
+    units: dict[NonEmpty, PositiveInt] = {}
+
+
+class CredentialDoc(_Strict):
+    credential_id: NonEmpty
+    channel_id: NonEmpty | None = None
+    api_key: Annotated[str, StringConstraints(min_length=16)] | None = None
+    key_sha256: Annotated[str, StringConstraints(pattern="^[0-9a-f]{64}$")] | None = None
+    scopes: list[Literal["channel", "admin"]] = ["channel"]
+    revoked: bool = False
+
+
+class MasterDataDocument(_Strict):
+    channels: list[ChannelDoc] = []
+    items: list[ItemDoc] = []
+    credentials: list[CredentialDoc] = []
+
+
+def _path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def validate(document: Any) -> MasterDataDocument:
+    """The whole document, checked before anything is written (the loader runs in one tx)."""
+    try:
+        parsed = MasterDataDocument.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise MasterDataError(_path(tuple(first["loc"])), first["msg"]) from exc
+    for i, row in enumerate(parsed.items):
+        for unit, factor in row.units.items():
             if unit.upper() == BASE_UNIT and factor != 1:
-                raise MasterDataError(f"{path}.units.{unit}", "EA is the base unit (1)")
-    for i, row in enumerate(document.get("credentials", [])):
-        path = f"credentials[{i}]"
-        _text(row, "credential_id", path)
-        if not (row.get("api_key") or row.get("key_sha256")):
-            raise MasterDataError(f"{path}.api_key", "api_key or key_sha256 required")
-        scopes = row.get("scopes", ["channel"])
-        if not isinstance(scopes, list) or not set(scopes) <= {"channel", "admin"}:
-            raise MasterDataError(f"{path}.scopes", "a list of 'channel' and/or 'admin'")
-        if "channel" in scopes and not row.get("channel_id"):
-            raise MasterDataError(f"{path}.channel_id", "required for the channel scope")
+                raise MasterDataError(f"items[{i}].units.{unit}", "EA is the base unit (1)")
+    for i, cred in enumerate(parsed.credentials):
+        if (cred.api_key is None) == (cred.key_sha256 is None):
+            raise MasterDataError(f"credentials[{i}].api_key", "api_key or key_sha256, one of")
+        if "channel" in cred.scopes and cred.channel_id is None:
+            raise MasterDataError(f"credentials[{i}].channel_id", "required for the channel scope")
+    return parsed
 
 
-async def load_master_data(session: AsyncSession, document: Mapping[str, Any]) -> dict[str, int]:
-    """Validate, then upsert every section present; returns the row count per section."""
-    validate(document)
-    for row in document.get("channels", []):
-        channel_id = row["channel_id"].strip()
-        values = {
-            "channel_id": channel_id,
-            "name": row.get("name", ""),
-            "backorder_policy": row.get("backorder_policy", "BACKORDER"),
-            "default_hold_ttl_seconds": int(row.get("default_hold_ttl_seconds", 900)),
-            "warehouses": list(row.get("warehouses", [])),
-            "status_vocabulary": dict(row.get("status_vocabulary", {})),
-            "rate_limit_per_second": float(row.get("rate_limit_per_second", 100)),
-            "rate_limit_burst": int(row.get("rate_limit_burst", 200)),
-            "token_secret": row.get("token_secret"),
-            "updated_at": func.now(),
-        }
+async def load_master_data(session: AsyncSession, document: Any) -> dict[str, int]:
+    """Validate, then upsert every entry; returns the count per section. A channel entry
+    changes only the fields it names (an alias can be added without restating the rest)."""
+    parsed = validate(document)
+    for ch in parsed.channels:
+        row = ch.model_dump(exclude={"units", "sku_aliases", "customer_aliases"})
+        given = ch.model_fields_set - {"units", "sku_aliases", "customer_aliases"}
         await session.execute(
             insert(channel)
-            .values(**values)
-            .on_conflict_do_update(index_elements=["channel_id"], set_=values)
+            .values(**row)
+            .on_conflict_do_update(
+                index_elements=["channel_id"],
+                set_={**{k: row[k] for k in given}, "updated_at": func.now()},
+            )
         )
         await _upsert_pairs(
             session,
             channel_unit,
             ["channel_id", "channel_unit"],
             "unit_of_measure",
-            [(channel_id, k.upper(), v.upper()) for k, v in row.get("units", {}).items()],
+            [(ch.channel_id, k.upper(), v.upper()) for k, v in ch.units.items()],
         )
         await _upsert_pairs(
             session,
             sku_alias,
             ["channel_id", "channel_sku"],
             "sku",
-            [(channel_id, k, v) for k, v in row.get("sku_aliases", {}).items()],
+            [(ch.channel_id, k, v) for k, v in ch.sku_aliases.items()],
         )
         await _upsert_pairs(
             session,
             customer_alias,
             ["channel_id", "channel_customer_id"],
             "customer_id",
-            [(channel_id, k, v) for k, v in row.get("customer_aliases", {}).items()],
+            [(ch.channel_id, k, v) for k, v in ch.customer_aliases.items()],
         )
-    for row in document.get("items", []):
-        sku = row["sku"].strip()
-        values = {"sku": sku, "description": row.get("description", "")}
+    for it in parsed.items:
+        described = {"sku": it.sku, "description": it.description}
         await session.execute(
-            insert(item).values(**values).on_conflict_do_update(index_elements=["sku"], set_=values)
+            insert(item)
+            .values(**described)
+            .on_conflict_do_update(index_elements=["sku"], set_=described)
         )
         await _upsert_pairs(
             session,
             unit_conversion,
             ["sku", "unit_of_measure"],
             "factor",
-            [(sku, unit.upper(), factor) for unit, factor in row.get("units", {}).items()],
+            [(it.sku, unit.upper(), factor) for unit, factor in it.units.items()],
         )
-    for row in document.get("credentials", []):
-        digest = row.get("key_sha256") or key_digest(row["api_key"])
-        values = {
-            "key_sha256": digest,
-            "credential_id": row["credential_id"],
-            "channel_id": row.get("channel_id"),
-            "scopes": list(row.get("scopes", ["channel"])),
-            "revoked": bool(row.get("revoked", False)),
+    for cred in parsed.credentials:
+        values: dict[str, Any] = {
+            "key_sha256": cred.key_sha256 or key_digest(cred.api_key or ""),
+            "credential_id": cred.credential_id,
+            "channel_id": cred.channel_id,
+            "scopes": list(cred.scopes),
+            "revoked": cred.revoked,
         }
         await session.execute(
             insert(credential)
             .values(**values)
             .on_conflict_do_update(index_elements=["credential_id"], set_=values)
         )
-    return {section: len(document.get(section, [])) for section in SECTIONS}
+    return {
+        "channels": len(parsed.channels),
+        "items": len(parsed.items),
+        "credentials": len(parsed.credentials),
+    }
 
 
 async def _upsert_pairs(
@@ -264,7 +279,6 @@ def master_data_json(data: MasterData) -> str:
                 "status_vocabulary": dict(ch.status_vocabulary),
                 "rate_limit_per_second": ch.rate_limit_per_second,
                 "rate_limit_burst": ch.rate_limit_burst,
-                "signed_tokens": ch.token_secret is not None,
                 "units": {
                     u: c for (cid, u), c in data.channel_units.items() if cid == ch.channel_id
                 },

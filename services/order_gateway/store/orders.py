@@ -20,6 +20,7 @@ from dwf.order.v1 import order_gateway_pb2
 from services.order_gateway.domain import Position
 from services.order_gateway.store.tables import (
     availability,
+    availability_watermark,
     customer_order,
     hold,
     ingest_exception,
@@ -130,8 +131,12 @@ async def add_status_change(
     order: order_gateway_pb2.Order,
     previous_status: int,
     changed_at: datetime,
+    *,
+    notify: bool = True,
 ) -> None:
-    """History row for WatchOrder, and a NOTIFY that wakes the watchers on every replica."""
+    """History row for WatchOrder, and a NOTIFY that wakes the watchers on every replica
+    (not needed for an order's first status: nobody can be watching it yet, and NOTIFYs
+    serialise commits)."""
     await session.execute(
         insert(order_status_change)
         .values(
@@ -144,6 +149,8 @@ async def add_status_change(
         )
         .on_conflict_do_nothing()
     )
+    if not notify:
+        return
     await session.execute(
         text("SELECT pg_notify(:channel, :order_id)"),
         {"channel": ORDER_CHANGED, "order_id": order.order_id},
@@ -282,6 +289,7 @@ async def save_hold(session: AsyncSession, held: order_gateway_pb2.Hold) -> None
 
 async def read_positions(reader: Reader, skus: Iterable[str]) -> dict[str, list[Position]]:
     wanted = list(set(skus))
+    watermark = availability_watermark
     rows = (
         await reader.execute(
             select(
@@ -289,8 +297,12 @@ async def read_positions(reader: Reader, skus: Iterable[str]) -> dict[str, list[
                 availability.c.warehouse,
                 availability.c.available,
                 availability.c.incoming,
-                availability.c.as_of,
-            ).where(availability.c.sku == func.any(wanted))
+                func.greatest(availability.c.as_of, watermark.c.as_of).label("as_of"),
+            )
+            .select_from(
+                availability.outerjoin(watermark, watermark.c.warehouse == availability.c.warehouse)
+            )
+            .where(availability.c.sku == func.any(wanted))
         )
     ).all()
     positions: dict[str, list[Position]] = {}
@@ -320,12 +332,24 @@ def _level_values(
 
 async def apply_levels(
     session: AsyncSession,
+    warehouse: str,
     levels: Sequence[inventory_pb2.StockLevel],
     sequence: int,
     as_of: datetime,
 ) -> None:
     """Absolute numbers from a warehouse's AvailabilityChanged: a row only moves forward
-    (an older or redelivered event never overwrites a newer one)."""
+    (an older or redelivered event never overwrites a newer one), and so does the
+    warehouse's watermark."""
+    mark = insert(availability_watermark).values(
+        warehouse=warehouse, source_sequence=sequence, as_of=as_of
+    )
+    await session.execute(
+        mark.on_conflict_do_update(
+            index_elements=["warehouse"],
+            set_={"source_sequence": sequence, "as_of": as_of},
+            where=availability_watermark.c.source_sequence < sequence,
+        )
+    )
     if not levels:
         return
     statement = insert(availability).values([_level_values(lv, sequence, as_of) for lv in levels])

@@ -158,6 +158,16 @@ availability = Table(
     PrimaryKeyConstraint("sku", "warehouse"),
 )
 
+# Newest AvailabilityChanged applied per warehouse: every row of that warehouse is current
+# as of then (an event names only the SKUs that changed).
+availability_watermark = Table(
+    "availability_watermark",
+    metadata,
+    Column("warehouse", Text, primary_key=True),
+    Column("source_sequence", BigInteger, nullable=False),
+    Column("as_of", DateTime(timezone=True), nullable=False),
+)
+
 ingest_exception = Table(
     "ingest_exception",
     metadata,
