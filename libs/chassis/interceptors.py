@@ -132,12 +132,10 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             try:
                 remaining = context.time_remaining()
-                timeout = (
-                    self.default_deadline
-                    if remaining is None
-                    else min(remaining, self.default_deadline)
-                )
-                async with asyncio.timeout(timeout):
+                if remaining is not None and remaining <= self.default_deadline:
+                    # gRPC cancels the call at the client's deadline itself.
+                    return await behavior(request, context)
+                async with asyncio.timeout(self.default_deadline):
                     return await behavior(request, context)
             except BaseException as exc:
                 code = self._code_of(exc, context)

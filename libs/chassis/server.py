@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -181,6 +182,10 @@ class ServiceApp:
         else:
             self.bound_port = self.server.add_insecure_port(address)
         await self.server.start()
+        # Everything loaded so far (modules, descriptors, engines) lives as long as the
+        # process: keep it out of the cyclic GC's sweeps, which otherwise walk it again and
+        # again under load.
+        gc.freeze()
         if self.settings.health_port:
             self.health_server = grpc.aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)

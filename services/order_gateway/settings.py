@@ -31,7 +31,7 @@ class GatewaySettings(BaseSettings):
         "and of promise-date lookups; a late answer leaves the date unset.",
     )
     availability_cache_seconds: float = Field(
-        0.25,
+        1.0,
         ge=0,
         description="How long a replica reuses read-model rows of a SKU (0: read every call).",
     )

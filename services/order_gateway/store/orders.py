@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text, tuple_, update
+from sqlalchemy import ARRAY, Text, and_, bindparam, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -287,24 +287,27 @@ async def save_hold(session: AsyncSession, held: order_gateway_pb2.Hold) -> None
 # --- availability read model --------------------------------------------------------------
 
 
-async def read_positions(reader: Reader, skus: Iterable[str]) -> dict[str, list[Position]]:
-    wanted = list(set(skus))
-    watermark = availability_watermark
-    rows = (
-        await reader.execute(
-            select(
-                availability.c.sku,
-                availability.c.warehouse,
-                availability.c.available,
-                availability.c.incoming,
-                func.greatest(availability.c.as_of, watermark.c.as_of).label("as_of"),
-            )
-            .select_from(
-                availability.outerjoin(watermark, watermark.c.warehouse == availability.c.warehouse)
-            )
-            .where(availability.c.sku == func.any(wanted))
+# Built once: CheckAvailability's refreshes run it many times a second.
+_POSITIONS = (
+    select(
+        availability.c.sku,
+        availability.c.warehouse,
+        availability.c.available,
+        availability.c.incoming,
+        func.greatest(availability.c.as_of, availability_watermark.c.as_of).label("as_of"),
+    )
+    .select_from(
+        availability.outerjoin(
+            availability_watermark,
+            availability_watermark.c.warehouse == availability.c.warehouse,
         )
-    ).all()
+    )
+    .where(availability.c.sku == func.any(bindparam("skus", type_=ARRAY(Text))))
+)
+
+
+async def read_positions(reader: Reader, skus: Iterable[str]) -> dict[str, list[Position]]:
+    rows = (await reader.execute(_POSITIONS, {"skus": list(set(skus))})).all()
     positions: dict[str, list[Position]] = {}
     for r in rows:
         positions.setdefault(r.sku, []).append(
