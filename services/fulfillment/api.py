@@ -1,14 +1,220 @@
-"""gRPC API of the fulfillment service: proto ↔ domain translation and validation.
-
-RPCs not overridden here answer UNIMPLEMENTED (with ErrorInfo) until their issue lands.
+"""gRPC API of the fulfillment service: the order's fulfillment view and the exception
+workbench. CancelOrder, CreateReturn and ResolveException answer UNIMPLEMENTED (with
+ErrorInfo) until their part of the workflow lands.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chassis.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from chassis.errors import PreconditionViolation as Violation
 from chassis.server import Runtime
+from chassis.validation import Violations
+from dwf.fulfillment.v1 import fulfillment_pb2 as fpb
 from dwf.fulfillment.v1 import fulfillment_pb2_grpc
+from services.fulfillment.engine import TaskEngine
+from services.fulfillment.store import workflow as store
+from services.fulfillment.store.tables import (
+    exception_record,
+    invoice,
+    order_workflow,
+    shipment,
+    workflow_task,
+)
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+STATE_NAMES = {
+    fpb.EXCEPTION_STATE_OPEN: "OPEN",
+    fpb.EXCEPTION_STATE_RETRYING: "RETRYING",
+    fpb.EXCEPTION_STATE_RESOLVED: "RESOLVED",
+}
+CATEGORY_NAMES = {
+    value: name.removeprefix("EXCEPTION_CATEGORY_")
+    for name, value in fpb.ExceptionCategory.items()
+    if value
+}
+
+
+def _token(filters: Any, last_seen: datetime, exception_id: str) -> str:
+    raw = json.dumps({"f": filters, "t": last_seen.isoformat(), "k": exception_id})
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _after(token: str, filters: Any) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if raw["f"] != filters:
+            raise ValueError("filters changed")
+        return datetime.fromisoformat(raw["t"]), str(raw["k"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument(
+            [FieldViolation("page_token", "not a token of this query")], reason="BAD_PAGE_TOKEN"
+        ) from exc
 
 
 class FulfillmentService(fulfillment_pb2_grpc.FulfillmentServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, engine: TaskEngine) -> None:
         self.runtime = runtime
+        self.engine = engine
+
+    async def GetOrderFulfillment(
+        self, request: fpb.GetOrderFulfillmentRequest, context: Any
+    ) -> fpb.GetOrderFulfillmentResponse:
+        v = Violations()
+        v.check(bool(request.order_id), "order_id", "required")
+        v.raise_if_any()
+        async with self.runtime.reads.connect() as connection:
+            row = await store.load_order(connection, request.order_id)
+            if row is None:
+                raise NotFound(f"order {request.order_id!r} not found", "ORDER_NOT_FOUND")
+            orders = await store.fulfillment_orders_of(connection, request.order_id)
+            shipments = await store.documents_of(
+                connection, shipment, request.order_id, fpb.Shipment
+            )
+            invoices = await store.documents_of(connection, invoice, request.order_id, fpb.Invoice)
+            exceptions = await store.list_exceptions(
+                connection, order_id=request.order_id, limit=MAX_PAGE
+            )
+            timeline = await store.timeline_of(connection, request.order_id)
+        return fpb.GetOrderFulfillmentResponse(
+            fulfillment=fpb.OrderFulfillment(
+                order_id=request.order_id,
+                channel_id=row.channel_id,
+                erp_order_number=row.erp_order_number,
+                status=row.status,  # type: ignore[arg-type]
+                fulfillment_orders=[store.fulfillment_order_proto(fo) for fo in orders],
+                shipments=shipments,
+                invoices=invoices,
+                exceptions=[fpb.ExceptionRecord.FromString(e.document) for e in exceptions],
+                timeline=timeline,
+            )
+        )
+
+    async def ListExceptions(
+        self, request: fpb.ListExceptionsRequest, context: Any
+    ) -> fpb.ListExceptionsResponse:
+        v = Violations()
+        v.check(request.page_size >= 0, "page_size", "must be >= 0")
+        v.raise_if_any()
+        states = [STATE_NAMES[s] for s in request.states if s in STATE_NAMES] or [
+            "OPEN",
+            "RETRYING",
+        ]
+        categories = [CATEGORY_NAMES[c] for c in request.categories if c in CATEGORY_NAMES]
+        filters = [sorted(states), sorted(categories), request.order_id, list(request.channel_ids)]
+        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        async with self.runtime.reads.connect() as connection:
+            rows = await store.list_exceptions(
+                connection,
+                order_id=request.order_id,
+                states=states,
+                categories=categories,
+                after=_after(request.page_token, filters),
+                limit=size + 1,
+            )
+        records = [fpb.ExceptionRecord.FromString(r.document) for r in rows]
+        if request.channel_ids:
+            records = [r for r in records if r.channel_id in request.channel_ids]
+        if request.stages:
+            records = [r for r in records if r.stage in request.stages]
+        if request.HasField("last_seen_after"):
+            floor = request.last_seen_after.ToDatetime(tzinfo=UTC)
+            records = [r for r in records if r.last_seen_at.ToDatetime(tzinfo=UTC) >= floor]
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = _token(filters, last.last_seen_at, last.exception_id)
+            records = records[:size]
+        return fpb.ListExceptionsResponse(exceptions=records, next_page_token=token)
+
+    async def RetryException(
+        self, request: fpb.RetryExceptionRequest, context: Any
+    ) -> fpb.RetryExceptionResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        v.check(bool(request.exception_id), "exception_id", "required")
+        v.check(len(request.note) <= 1000, "note", "at most 1000 characters")
+        v.raise_if_any()
+
+        async def work(session: AsyncSession) -> fpb.RetryExceptionResponse:
+            found = await store.load_exception(session, request.exception_id, for_update=True)
+            if found is None:
+                raise NotFound(
+                    f"exception {request.exception_id!r} not found", "EXCEPTION_NOT_FOUND"
+                )
+            record, task_key = found
+            if record.state != fpb.EXCEPTION_STATE_OPEN:
+                raise FailedPrecondition(
+                    "only an OPEN exception can be retried",
+                    "EXCEPTION_NOT_OPEN",
+                    [Violation("EXCEPTION_STATE", record.exception_id, "not OPEN")],
+                )
+            fixing = request.HasField("fix")
+            wanted = (
+                fpb.EXCEPTION_ACTION_FIX_DATA_AND_RETRY if fixing else fpb.EXCEPTION_ACTION_RETRY
+            )
+            allowed = set(record.safe_actions)
+            # Data fixed elsewhere (e.g. in the ERP's item master) needs no fix here.
+            if wanted not in allowed and fpb.EXCEPTION_ACTION_FIX_DATA_AND_RETRY not in allowed:
+                raise FailedPrecondition(
+                    "retrying is not a safe action for this exception",
+                    "ACTION_NOT_SAFE",
+                    [Violation("SAFE_ACTIONS", record.exception_id, "no RETRY")],
+                )
+            if fixing:
+                await self._apply_fix(session, record.order_id, request.fix)
+            now = datetime.now(UTC)
+            record.state = fpb.EXCEPTION_STATE_RETRYING
+            await session.execute(
+                update(exception_record)
+                .where(exception_record.c.exception_id == record.exception_id)
+                .values(state="RETRYING", document=record.SerializeToString(), last_seen_at=now)
+            )
+            await session.execute(
+                update(workflow_task)
+                .where(workflow_task.c.task_key == task_key)
+                .values(state="PENDING", due_at=now, lease_id=None, leased_until=None)
+            )
+            await store.add_timeline(
+                session,
+                record.order_id,
+                record.stage,
+                f"operator retried exception {record.exception_id}: {request.note}",
+            )
+            return fpb.RetryExceptionResponse(exception=record)
+
+        return await self.runtime.once("RetryException", request, fpb.RetryExceptionResponse, work)
+
+    async def _apply_fix(self, session: AsyncSession, order_id: str, fix: fpb.ExceptionFix) -> None:
+        row = await store.load_order(session, order_id, for_update=True)
+        if row is None:
+            raise NotFound(f"order {order_id!r} not found", "ORDER_NOT_FOUND")
+        order = row.order
+        if fix.HasField("ship_to"):
+            order.ship_to.CopyFrom(fix.ship_to)
+        if fix.customer_id:
+            order.customer.customer_id = fix.customer_id
+        known = {line.line_id for line in order.lines}
+        unknown = [lid for lid in fix.line_skus if lid not in known]
+        if unknown:
+            raise InvalidArgument(
+                [FieldViolation(f"fix.line_skus[{lid}]", "no such line") for lid in unknown]
+            )
+        for line in order.lines:
+            if line.line_id in fix.line_skus:
+                line.sku = fix.line_skus[line.line_id]
+        await session.execute(
+            update(order_workflow)
+            .where(order_workflow.c.order_id == order_id)
+            .values(document=order.SerializeToString(), updated_at=datetime.now(UTC))
+        )

@@ -1,0 +1,741 @@
+"""The order workflow: each step's external call and its effects.
+
+OrderAccepted → BOOK_ERP → ALLOCATE (inventory) → one fulfillment order per allocation →
+RELEASE (WMS) → ACK_CHECK (timer) → the WMS feed (ack, shipments) → STOCK_SHIPMENT (inventory
+ledger) and POST_SHIPMENT (ERP) → INVOICE (ERP) → COMPLETED. Backordered quantity waits for
+inventory's BackorderFilled, which adds a fulfillment order for the new allocation.
+
+Every external call is idempotent on our own reference (order id, fulfillment order id,
+shipment id, request ids derived from them), so a step re-run after a crash or a lost lease
+finds what the first run did instead of doing it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chassis.outbox import PendingEvent
+from chassis.protos import ts
+from chassis.server import Runtime
+from dwf.common.v1 import common_pb2
+from dwf.fulfillment.v1 import events_pb2
+from dwf.fulfillment.v1 import fulfillment_pb2 as fpb
+from dwf.inventory.v1 import events_pb2 as inventory_events
+from dwf.inventory.v1 import inventory_pb2 as inv
+from dwf.inventory.v1 import inventory_pb2_grpc
+from dwf.order.v1 import events_pb2 as order_events
+from services.fulfillment import domain
+from services.fulfillment.connectors import Connectors
+from services.fulfillment.connectors import erp as erp_api
+from services.fulfillment.connectors import wms as wms_api
+from services.fulfillment.connectors.http import ConnectorError
+from services.fulfillment.engine import StepFailure, Task, TaskEngine, schedule
+from services.fulfillment.store import workflow as store
+from services.fulfillment.store.tables import wms_event, wms_feed, workflow_task
+
+log = logging.getLogger("dwf.fulfillment.workflow")
+S = common_pb2
+NAMESPACE = uuid.UUID("2f0b5a4e-6f55-4a3c-9a43-1f3f7a0f6c21")
+FEED = "wms"
+T = TypeVar("T")
+
+
+def derived_id(*parts: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, "\x1f".join(parts)))
+
+
+def money_text(money: common_pb2.Money) -> str:
+    return str(Decimal(money.units) + Decimal(money.nanos) / Decimal(10**9))
+
+
+def address(message: common_pb2.PostalAddress) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+class Workflow:
+    def __init__(
+        self,
+        runtime: Runtime,
+        engine: TaskEngine,
+        connectors: Connectors,
+        inventory: Callable[[], inventory_pb2_grpc.InventoryServiceStub],
+        *,
+        ack_sla_seconds: float = 300.0,
+        max_release_attempts: int = 3,
+        erp_system: str = "erp-sandbox",
+    ) -> None:
+        self.runtime = runtime
+        self.engine = engine
+        self.connectors = connectors
+        self.inventory = inventory
+        self.ack_sla = ack_sla_seconds
+        self.max_release_attempts = max_release_attempts
+        self.erp_system = erp_system
+        engine.register(
+            {
+                "BOOK_ERP": self.book_erp,
+                "ALLOCATE": self.allocate,
+                "RELEASE": self.release,
+                "ACK_CHECK": self.ack_check,
+                "STOCK_SHIPMENT": self.stock_shipment,
+                "POST_SHIPMENT": self.post_shipment,
+                "INVOICE": self.invoice,
+            }
+        )
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def _external(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except ConnectorError as exc:
+            raise StepFailure(
+                domain.Category(exc.category),
+                exc.system,
+                exc.code,
+                str(exc),
+                json.dumps(exc.request_payload, default=str).encode()
+                if exc.request_payload is not None
+                else b"",
+                exc.retry_after,
+            ) from exc
+
+    async def _inventory(self, method: str, request: Any) -> Any:
+        try:
+            return await getattr(self.inventory(), method)(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            category = (
+                domain.Category.DATA_QUALITY
+                if code == grpc.StatusCode.INVALID_ARGUMENT
+                else domain.Category.BUSINESS_RULE
+                if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
+                else domain.Category.DEPENDENCY
+            )
+            raise StepFailure(
+                category, "DWF", f"INVENTORY_{code.name}", exc.details() or "", b""
+            ) from exc
+
+    async def _order(self, session: AsyncSession, order_id: str) -> store.OrderRow:
+        row = await store.load_order(session, order_id, for_update=True)
+        if row is None:
+            raise StepFailure(domain.Category.BUSINESS_RULE, "DWF", "UNKNOWN_ORDER", order_id)
+        return row
+
+    async def _set_status(
+        self, session: AsyncSession, row: store.OrderRow, status: int, reason: str = ""
+    ) -> list[PendingEvent]:
+        """A lifecycle status fulfillment owns, announced once per change."""
+        if row.status == status:
+            return []
+        await store.save_order(
+            session, row.order.order_id, status=status, completed=status == S.ORDER_STATUS_COMPLETED
+        )
+        return [
+            PendingEvent(
+                "order",
+                row.order.order_id,
+                events_pb2.OrderStatusChanged(
+                    order_id=row.order.order_id,
+                    previous_status=row.status,  # type: ignore[arg-type]
+                    status=status,  # type: ignore[arg-type]
+                    lifecycle_status=status,  # type: ignore[arg-type]
+                    reason=reason,
+                    changed_at=ts(datetime.now(UTC)),
+                ),
+            )
+        ]
+
+    # --- events in -------------------------------------------------------------------------
+
+    async def on_order_accepted(
+        self, session: AsyncSession, event: order_events.OrderAccepted, event_id: str
+    ) -> None:
+        if await store.insert_order(session, event.order, event.reservation_id):
+            await store.add_timeline(
+                session,
+                event.order.order_id,
+                fpb.WORKFLOW_STAGE_UNSPECIFIED,
+                "order accepted by the gateway",
+                event_type="dwf.order.v1.OrderAccepted",
+                event_id=event_id,
+                producer="order_gateway",
+            )
+            await schedule(session, event.order.order_id, "BOOK_ERP", event.order.order_id)
+
+    async def on_backorder_filled(
+        self, session: AsyncSession, event: inventory_events.BackorderFilled, event_id: str
+    ) -> None:
+        row = await store.load_order(session, event.order_id, for_update=True)
+        if row is None:
+            return
+        allocation = event.allocation
+        await self._add_fulfillment_orders(session, row, [allocation])
+        await store.add_timeline(
+            session,
+            event.order_id,
+            fpb.WORKFLOW_STAGE_ALLOCATION,
+            f"backorder of line {event.line_id} filled at {allocation.warehouse_id}",
+            event_type="dwf.inventory.v1.BackorderFilled",
+            event_id=event_id,
+            producer="inventory",
+        )
+
+    # --- steps -----------------------------------------------------------------------------
+
+    async def book_erp(self, task: Task) -> None:
+        async with self.runtime.sessions() as session:
+            row = await store.load_order(session, task.order_id)
+        assert row is not None
+        order = row.order
+        currency = next(
+            (
+                line.unit_price.currency_code
+                for line in order.lines
+                if line.unit_price.currency_code
+            ),
+            "USD",
+        )
+        request = erp_api.SalesOrderRequest(
+            external_reference=order.order_id,
+            customer_id=order.customer.customer_id or order.customer.channel_customer_id,
+            currency=currency,
+            ship_to=address(order.ship_to),
+            lines=tuple(
+                erp_api.SalesOrderLine(
+                    line_id=line.line_id,
+                    sku=line.sku,
+                    quantity=line.base_quantity,
+                    unit_price=Decimal(money_text(line.unit_price))
+                    / max(line.base_quantity // max(line.quantity.value, 1), 1),
+                )
+                for line in order.lines
+            ),
+        )
+        booked = await self._external(self.connectors.erp.book_sales_order(request))
+        if booked.on_credit_hold:
+            raise StepFailure(
+                domain.Category.BUSINESS_RULE,
+                "ERP",
+                "CREDIT_HOLD",
+                f"sales order {booked.sales_order_number} is on credit hold",
+            )
+        async with self.engine.completing(task) as session:
+            row = await self._order(session, task.order_id)
+            await store.save_order(
+                session, task.order_id, erp_order_number=booked.sales_order_number
+            )
+            events = [
+                PendingEvent(
+                    "order",
+                    task.order_id,
+                    events_pb2.ErpOrderBooked(
+                        order_id=task.order_id,
+                        erp_order_number=booked.sales_order_number,
+                        erp_system=self.erp_system,
+                        booked_at=ts(datetime.now(UTC)),
+                        attempts=task.attempts,
+                    ),
+                ),
+                *await self._set_status(session, row, S.ORDER_STATUS_ERP_BOOKED),
+            ]
+            await self.runtime.events.record_many(session, events)
+            await store.add_timeline(
+                session,
+                task.order_id,
+                fpb.WORKFLOW_STAGE_ERP_BOOKING,
+                f"booked in the ERP as {booked.sales_order_number} (attempt {task.attempts})",
+            )
+            await schedule(session, task.order_id, "ALLOCATE", task.order_id)
+
+    async def allocate(self, task: Task) -> None:
+        async with self.runtime.sessions() as session:
+            row = await store.load_order(session, task.order_id)
+        assert row is not None
+        lines = [
+            inv.LineItem(line_id=line_id, sku=state.sku, quantity=state.open)
+            for line_id, state in sorted(row.lines.items())
+            if state.open > 0
+        ]
+        response: inv.AllocateResponse = await self._inventory(
+            "Allocate",
+            inv.AllocateRequest(
+                request_id=derived_id(task.order_id, "allocate"),
+                order_id=task.order_id,
+                channel_id=row.channel_id,
+                ship_to=row.order.ship_to,
+                lines=lines,
+            ),
+        )
+        async with self.engine.completing(task) as session:
+            row = await self._order(session, task.order_id)
+            await self._add_fulfillment_orders(session, row, list(response.allocations))
+            for backorder in response.backorders:
+                await store.add_timeline(
+                    session,
+                    task.order_id,
+                    fpb.WORKFLOW_STAGE_ALLOCATION,
+                    f"line {backorder.line_id}: {backorder.quantity} backordered",
+                )
+
+    async def _add_fulfillment_orders(
+        self, session: AsyncSession, row: store.OrderRow, allocations: list[inv.WarehouseAllocation]
+    ) -> None:
+        lines = row.lines
+        for allocation in allocations:
+            fulfillment_order_id = derived_id(allocation.allocation_id, "fulfillment_order")
+            created = await store.insert_fulfillment_order(
+                session,
+                fulfillment_order_id,
+                row.order.order_id,
+                allocation.allocation_id,
+                allocation.warehouse_id,
+                [(line.line_id, line.sku, line.quantity) for line in allocation.lines],
+            )
+            if not created:
+                continue
+            lines = domain.add(
+                lines, "allocated", [(line.line_id, line.quantity) for line in allocation.lines]
+            )
+            await schedule(session, row.order.order_id, "RELEASE", fulfillment_order_id)
+        await store.save_order(session, row.order.order_id, lines=lines)
+
+    async def release(self, task: Task) -> None:
+        async with self.runtime.sessions() as session:
+            row = await store.load_order(session, task.order_id)
+            fo = await store.load_fulfillment_order(session, task.subject_id)
+        assert row is not None and fo is not None
+        released = await self._external(
+            self.connectors.wms.release(
+                wms_api.ReleaseRequest(
+                    release_id=fo.fulfillment_order_id,
+                    order_id=fo.order_id,
+                    warehouse_id=fo.warehouse_id,
+                    ship_to=address(row.order.ship_to),
+                    carrier_code="UPS",
+                    service_code="UPS_GROUND",
+                    lines=tuple(
+                        wms_api.WmsLine(line["line_id"], line["sku"], int(line["quantity"]))
+                        for line in fo.lines
+                    ),
+                )
+            )
+        )
+        async with self.engine.completing(task) as session:
+            row = await self._order(session, task.order_id)
+            fo = await store.load_fulfillment_order(session, task.subject_id, for_update=True)
+            assert fo is not None
+            now = datetime.now(UTC)
+            first = fo.state == "PENDING_RELEASE"
+            await store.update_fulfillment_order(
+                session,
+                fo.fulfillment_order_id,
+                state="RELEASED" if first else fo.state,
+                wms_release_id=released.wms_release_id,
+                release_attempts=fo.release_attempts + 1,
+                released_at=fo.released_at or now,
+                ack_due_at=now + timedelta(seconds=self.ack_sla),
+            )
+            events: list[PendingEvent] = []
+            if first:
+                lines = domain.add(
+                    row.lines,
+                    "released",
+                    [(line["line_id"], int(line["quantity"])) for line in fo.lines],
+                )
+                await store.save_order(session, task.order_id, lines=lines)
+                fresh = await store.load_fulfillment_order(session, fo.fulfillment_order_id)
+                events.append(
+                    PendingEvent(
+                        "order",
+                        task.order_id,
+                        events_pb2.FulfillmentOrderReleased(
+                            fulfillment_order=store.fulfillment_order_proto(fresh)
+                        ),
+                    )
+                )
+                if row.status in (S.ORDER_STATUS_ERP_BOOKED, S.ORDER_STATUS_ACCEPTED):
+                    events += await self._set_status(session, row, S.ORDER_STATUS_RELEASED)
+                await store.add_timeline(
+                    session,
+                    task.order_id,
+                    fpb.WORKFLOW_STAGE_RELEASE,
+                    f"released to {fo.warehouse_id} as {released.wms_release_id}",
+                )
+            await self.runtime.events.record_many(session, events)
+            await schedule(
+                session,
+                task.order_id,
+                "ACK_CHECK",
+                fo.fulfillment_order_id,
+                now + timedelta(seconds=self.ack_sla),
+                rearm=True,
+            )
+
+    async def ack_check(self, task: Task) -> None:
+        """The acknowledgement SLA ran out: re-send (idempotent at the WMS) a few times, then
+        hand it to an operator."""
+        async with self.runtime.sessions() as session:
+            fo = await store.load_fulfillment_order(session, task.subject_id)
+        assert fo is not None
+        if fo.state != "RELEASED":
+            await self.engine.finish(task)
+            return
+        if fo.release_attempts >= self.max_release_attempts:
+            raise StepFailure(
+                domain.Category.BUSINESS_RULE,
+                "WMS",
+                "NO_ACKNOWLEDGEMENT",
+                f"{fo.warehouse_id} did not acknowledge release {fo.fulfillment_order_id} "
+                f"after {fo.release_attempts} sends",
+            )
+        async with self.engine.completing(task) as session:
+            await store.add_timeline(
+                session,
+                task.order_id,
+                fpb.WORKFLOW_STAGE_RELEASE,
+                f"no acknowledgement from {fo.warehouse_id} within the SLA: release sent again",
+            )
+            await schedule(session, task.order_id, "RELEASE", fo.fulfillment_order_id, rearm=True)
+
+    async def stock_shipment(self, task: Task) -> None:
+        """The shipped quantity leaves inventory's books (SHIPMENT ledger entries)."""
+        async with self.runtime.sessions() as session:
+            shipped = await store.load_shipment(session, task.subject_id)
+        assert shipped is not None
+        for line in shipped.lines:
+            await self._inventory(
+                "RecordStockMovement",
+                inv.RecordStockMovementRequest(
+                    request_id=derived_id(shipped.shipment_id, line.line_id, "stock"),
+                    sku=line.sku,
+                    warehouse_id=shipped.warehouse_id,
+                    kind=inv.MOVEMENT_KIND_SHIPMENT,
+                    quantity_delta=-line.quantity,
+                    reference=shipped.wms_shipment_id,
+                    order_id=shipped.order_id,
+                    line_id=line.line_id,
+                    occurred_at=shipped.shipped_at,
+                ),
+            )
+        await self.engine.finish(task)
+
+    async def post_shipment(self, task: Task) -> None:
+        async with self.runtime.sessions() as session:
+            row = await store.load_order(session, task.order_id)
+            shipped = await store.load_shipment(session, task.subject_id)
+        assert row is not None and shipped is not None
+        posted = await self._external(
+            self.connectors.erp.post_shipment(
+                row.erp_order_number,
+                erp_api.ShipmentPosting(
+                    external_reference=shipped.shipment_id,
+                    lines=tuple(
+                        erp_api.QuantityLine(line.line_id, line.sku, line.quantity)
+                        for line in shipped.lines
+                    ),
+                    carrier_code=shipped.carrier_code,
+                    tracking_numbers=tuple(c.tracking_number for c in shipped.cartons),
+                ),
+            )
+        )
+        async with self.engine.completing(task) as session:
+            shipped.erp_shipment_reference = posted.shipment_reference
+            shipped.state = fpb.SHIPMENT_STATE_POSTED
+            await store.save_shipment(
+                session, shipped, erp_shipment_reference=posted.shipment_reference
+            )
+            await self.runtime.events.record_many(
+                session,
+                [
+                    PendingEvent(
+                        "order",
+                        task.order_id,
+                        events_pb2.ShipmentPosted(
+                            order_id=task.order_id,
+                            shipment_id=shipped.shipment_id,
+                            erp_shipment_reference=posted.shipment_reference,
+                            posted_at=ts(datetime.now(UTC)),
+                        ),
+                    )
+                ],
+            )
+            await store.add_timeline(
+                session,
+                task.order_id,
+                fpb.WORKFLOW_STAGE_SHIPMENT_POSTING,
+                f"shipment {shipped.wms_shipment_id} posted as {posted.shipment_reference}",
+            )
+            await schedule(session, task.order_id, "INVOICE", shipped.shipment_id)
+
+    async def invoice(self, task: Task) -> None:
+        async with self.runtime.sessions() as session:
+            row = await store.load_order(session, task.order_id)
+            shipped = await store.load_shipment(session, task.subject_id)
+        assert row is not None and shipped is not None
+        invoiced = await self._external(
+            self.connectors.erp.create_invoice(
+                row.erp_order_number,
+                erp_api.InvoiceRequest(
+                    external_reference=shipped.shipment_id,
+                    lines=tuple(
+                        erp_api.QuantityLine(line.line_id, line.sku, line.quantity)
+                        for line in shipped.lines
+                    ),
+                ),
+            )
+        )
+        async with self.engine.completing(task) as session:
+            row = await self._order(session, task.order_id)
+            record = fpb.Invoice(
+                invoice_id=derived_id(shipped.shipment_id, "invoice"),
+                order_id=task.order_id,
+                shipment_id=shipped.shipment_id,
+                erp_invoice_number=invoiced.invoice_number,
+                lines=[
+                    fpb.InvoiceLine(line_id=line.line_id, sku=line.sku, quantity=line.quantity)
+                    for line in shipped.lines
+                ],
+                total=common_pb2.Money(
+                    currency_code=invoiced.currency,
+                    units=int(invoiced.amount),
+                    nanos=int((invoiced.amount - int(invoiced.amount)) * 10**9),
+                ),
+                issued_at=ts(datetime.now(UTC)),
+            )
+            events: list[PendingEvent] = []
+            if await store.insert_invoice(session, record):
+                shipped.state = fpb.SHIPMENT_STATE_INVOICED
+                await store.save_shipment(session, shipped, invoice_number=invoiced.invoice_number)
+                lines = domain.add(
+                    row.lines, "invoiced", [(line.line_id, line.quantity) for line in shipped.lines]
+                )
+                await store.save_order(session, task.order_id, lines=lines)
+                events.append(
+                    PendingEvent("order", task.order_id, events_pb2.InvoiceCreated(invoice=record))
+                )
+                shipments, invoiced_count = await store.shipment_counts(session, task.order_id)
+                if domain.complete(lines, shipments, invoiced_count):
+                    events += await self._set_status(session, row, S.ORDER_STATUS_COMPLETED)
+                await store.add_timeline(
+                    session,
+                    task.order_id,
+                    fpb.WORKFLOW_STAGE_INVOICING,
+                    f"shipment {shipped.wms_shipment_id} invoiced as {invoiced.invoice_number}",
+                )
+            await self.runtime.events.record_many(session, events)
+
+    # --- the WMS feed ------------------------------------------------------------------------
+
+    async def poll_wms(self) -> int:
+        """One page of the WMS feed, applied in one transaction with the cursor. The feed row
+        is locked (SKIP LOCKED), so with several replicas one polls at a time."""
+        async with self.runtime.sessions.begin() as session:
+            await session.execute(
+                insert(wms_feed).values(feed=FEED, cursor="").on_conflict_do_nothing()
+            )
+            cursor = await session.scalar(
+                select(wms_feed.c.cursor)
+                .where(wms_feed.c.feed == FEED)
+                .with_for_update(skip_locked=True)
+            )
+            if cursor is None:
+                return 0
+            events, next_cursor = await self._external(
+                self.connectors.wms.events_after(cursor or None, limit=200)
+            )
+            for event in events:
+                fresh = await session.scalar(
+                    insert(wms_event)
+                    .values(event_id=event.event_id)
+                    .on_conflict_do_nothing()
+                    .returning(wms_event.c.event_id)
+                )
+                if fresh is not None:
+                    await self.apply_wms_event(session, event)
+            if next_cursor and next_cursor != cursor:
+                await session.execute(
+                    update(wms_feed).where(wms_feed.c.feed == FEED).values(cursor=next_cursor)
+                )
+        return len(events)
+
+    async def apply_wms_event(self, session: AsyncSession, event: wms_api.WmsEvent) -> None:
+        if not event.release_id:
+            return
+        fo = await store.load_fulfillment_order(session, event.release_id, for_update=True)
+        if fo is None:
+            return  # not one of ours (another tenant's release, or a test's)
+        row = await self._order(session, fo.order_id)
+        if isinstance(event, wms_api.ReleaseAcknowledged):
+            if fo.state == "RELEASED":
+                await store.update_fulfillment_order(
+                    session,
+                    fo.fulfillment_order_id,
+                    state="ACKNOWLEDGED",
+                    acknowledged_at=event.occurred_at or datetime.now(UTC),
+                )
+            await self._close_timer(session, fo.fulfillment_order_id)
+            await self.runtime.events.record_many(
+                session,
+                [
+                    PendingEvent(
+                        "order",
+                        fo.order_id,
+                        events_pb2.ReleaseAcknowledged(
+                            order_id=fo.order_id,
+                            fulfillment_order_id=fo.fulfillment_order_id,
+                            warehouse_id=fo.warehouse_id,
+                            wms_release_id=event.wms_release_id or fo.wms_release_id,
+                            acknowledged_at=ts(event.occurred_at or datetime.now(UTC)),
+                        ),
+                    )
+                ],
+            )
+        elif isinstance(event, wms_api.Shipped):
+            await self._shipped(session, row, fo, event)
+        elif isinstance(event, wms_api.ReleaseRejected):
+            await store.update_fulfillment_order(
+                session, fo.fulfillment_order_id, state="REJECTED", rejection_reason=event.reason
+            )
+            await self._close_timer(session, fo.fulfillment_order_id)
+            await self.runtime.events.record_many(
+                session,
+                [
+                    PendingEvent(
+                        "order",
+                        fo.order_id,
+                        events_pb2.ReleaseRejected(
+                            order_id=fo.order_id,
+                            fulfillment_order_id=fo.fulfillment_order_id,
+                            warehouse_id=fo.warehouse_id,
+                            reason_code=event.reason,
+                            reason=f"{fo.warehouse_id} rejected the release: {event.reason}",
+                            handling=fpb.REJECTION_HANDLING_EXCEPTION,
+                            rejected_at=ts(event.occurred_at or datetime.now(UTC)),
+                        ),
+                    )
+                ],
+            )
+            # Re-sourcing is an operator's call for now: the release waits as an exception.
+            task = Task(
+                f"RELEASE:{fo.fulfillment_order_id}",
+                fo.order_id,
+                "RELEASE",
+                fo.fulfillment_order_id,
+                1,
+                "",
+            )
+            await session.execute(
+                update(workflow_task)
+                .where(workflow_task.c.task_key == task.task_key)
+                .values(state="PARKED", last_error=f"rejected: {event.reason}")
+            )
+            await self.engine.record_exception(
+                session,
+                task,
+                StepFailure(
+                    domain.Category.BUSINESS_RULE,
+                    "WMS",
+                    event.reason or "RELEASE_REJECTED",
+                    f"{fo.warehouse_id} rejected release {fo.fulfillment_order_id}",
+                ),
+                datetime.now(UTC),
+                None,
+            )
+        await store.add_timeline(
+            session,
+            fo.order_id,
+            fpb.WORKFLOW_STAGE_SHIPPING,
+            f"WMS {event.type} for {fo.warehouse_id}",
+            event_type=f"wms.{event.type}",
+            event_id=event.event_id,
+            producer="wms",
+            occurred_at=event.occurred_at,
+        )
+
+    async def _close_timer(self, session: AsyncSession, fulfillment_order_id: str) -> None:
+        await session.execute(
+            update(workflow_task)
+            .where(
+                workflow_task.c.task_key == f"ACK_CHECK:{fulfillment_order_id}",
+                workflow_task.c.state == "PENDING",
+            )
+            .values(state="DONE", lease_id=None, leased_until=None)
+        )
+
+    async def _shipped(
+        self, session: AsyncSession, row: store.OrderRow, fo: Any, event: wms_api.Shipped
+    ) -> None:
+        shipment_id = derived_id(event.wms_shipment_id, "shipment")
+        lines = [
+            fpb.ShipmentLine(line_id=line.line_id, sku=line.sku or "", quantity=line.quantity)
+            for line in event.lines
+            if line.quantity > 0
+        ]
+        record = fpb.Shipment(
+            shipment_id=shipment_id,
+            order_id=fo.order_id,
+            fulfillment_order_id=fo.fulfillment_order_id,
+            warehouse_id=fo.warehouse_id,
+            wms_shipment_id=event.wms_shipment_id,
+            carrier_code=event.carrier_code or "",
+            service_code=event.service_code or "",
+            cartons=[
+                fpb.Carton(
+                    carton_id=carton.carton_id,
+                    tracking_number=carton.tracking_number or "",
+                    weight_grams=carton.weight_grams or 0,
+                    lines=[
+                        fpb.ShipmentLine(line_id=cl.line_id, sku=cl.sku or "", quantity=cl.quantity)
+                        for cl in carton.lines
+                    ],
+                )
+                for carton in event.cartons
+            ],
+            lines=lines,
+            shipped_at=ts(event.shipped_at or datetime.now(UTC)),
+            state=fpb.SHIPMENT_STATE_CREATED,
+        )
+        if not await store.insert_shipment(session, record):
+            return  # the WMS reported this shipment before
+        shipped_lines = domain.add(
+            row.lines, "shipped", [(line.line_id, line.quantity) for line in lines]
+        )
+        await store.save_order(session, fo.order_id, lines=shipped_lines)
+        fo_lines = [dict(line) for line in fo.lines]
+        for line in fo_lines:
+            line["shipped"] = int(line.get("shipped", 0)) + sum(
+                s.quantity for s in lines if s.line_id == line["line_id"]
+            )
+        done = all(int(line["shipped"]) >= int(line["quantity"]) for line in fo_lines)
+        await store.update_fulfillment_order(
+            session,
+            fo.fulfillment_order_id,
+            lines=fo_lines,
+            state="SHIPPED" if done else "PARTIALLY_SHIPPED",
+        )
+        await self._close_timer(session, fo.fulfillment_order_id)
+        status = (
+            S.ORDER_STATUS_SHIPPED
+            if domain.fully_shipped(shipped_lines)
+            else S.ORDER_STATUS_PARTIALLY_SHIPPED
+        )
+        events = [
+            PendingEvent("order", fo.order_id, events_pb2.ShipmentCreated(shipment=record)),
+            *await self._set_status(session, row, status),
+        ]
+        await self.runtime.events.record_many(session, events)
+        await schedule(session, fo.order_id, "STOCK_SHIPMENT", shipment_id)
+        await schedule(session, fo.order_id, "POST_SHIPMENT", shipment_id)
