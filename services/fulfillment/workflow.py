@@ -678,7 +678,7 @@ class Workflow:
     async def _shipped(
         self, session: AsyncSession, row: store.OrderRow, fo: Any, event: wms_api.Shipped
     ) -> None:
-        shipment_id = derived_id(event.wms_shipment_id, "shipment")
+        shipment_id = derived_id(fo.fulfillment_order_id, event.wms_shipment_id, "shipment")
         lines = [
             fpb.ShipmentLine(line_id=line.line_id, sku=line.sku or "", quantity=line.quantity)
             for line in event.lines

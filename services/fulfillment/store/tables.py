@@ -78,7 +78,7 @@ shipment = Table(
     Column("shipment_id", Text, primary_key=True),
     Column("order_id", Text, nullable=False),
     Column("fulfillment_order_id", Text, nullable=False),
-    Column("wms_shipment_id", Text, nullable=False, unique=True),
+    Column("wms_shipment_id", Text, nullable=False),  # unique per fulfillment order
     Column("erp_shipment_reference", Text, nullable=False, server_default=""),
     Column("invoice_number", Text, nullable=False, server_default=""),
     Column("document", BYTEA, nullable=False),  # dwf.fulfillment.v1.Shipment

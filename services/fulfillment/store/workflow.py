@@ -199,7 +199,8 @@ async def fulfillment_orders_of(reader: Reader, order_id: str) -> list[Any]:
 
 
 async def insert_shipment(session: AsyncSession, record: fpb.Shipment) -> bool:
-    """One shipment per WMS shipment id, however often the WMS reports it."""
+    """One shipment per (fulfillment order, WMS shipment id), however often the WMS
+    reports it."""
     inserted = await session.scalar(
         insert(shipment)
         .values(
