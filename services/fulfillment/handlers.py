@@ -36,6 +36,11 @@ def consumers(parts: Parts) -> Sequence[ConsumerSpec]:
         if envelope.payload.Unpack(event):
             await parts.workflow.on_order_accepted(session, event, envelope.id)
 
+    async def cancel_requested(session: AsyncSession, envelope: envelope_pb2.EventEnvelope) -> None:
+        event = order_events.OrderCancelRequested()
+        if envelope.payload.Unpack(event):
+            await parts.workflow.on_cancel_requested(session, event, envelope.id)
+
     async def backorder_filled(session: AsyncSession, envelope: envelope_pb2.EventEnvelope) -> None:
         event = inventory_events.BackorderFilled()
         if envelope.payload.Unpack(event):
@@ -49,6 +54,14 @@ def consumers(parts: Parts) -> Sequence[ConsumerSpec]:
                 subject_for("order_gateway", order_events.OrderAccepted.DESCRIPTOR.full_name)
             ],
             handler=order_accepted,
+        ),
+        ConsumerSpec(
+            durable="fulfillment_cancellations",
+            stream=STREAMS["order_gateway"].name,
+            subjects=[
+                subject_for("order_gateway", order_events.OrderCancelRequested.DESCRIPTOR.full_name)
+            ],
+            handler=cancel_requested,
         ),
         ConsumerSpec(
             durable="fulfillment_backorders",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -43,12 +43,13 @@ from services.fulfillment.connectors import wms as wms_api
 from services.fulfillment.connectors.http import ConnectorError
 from services.fulfillment.engine import StepFailure, Task, TaskEngine, schedule
 from services.fulfillment.store import workflow as store
-from services.fulfillment.store.tables import wms_event, wms_feed, workflow_task
+from services.fulfillment.store.tables import cancellation, wms_event, wms_feed, workflow_task
 
 log = logging.getLogger("dwf.fulfillment.workflow")
 S = common_pb2
 NAMESPACE = uuid.UUID("2f0b5a4e-6f55-4a3c-9a43-1f3f7a0f6c21")
 FEED = "wms"
+RELEASED_STATES = ("RELEASED", "ACKNOWLEDGED", "PARTIALLY_SHIPPED")
 T = TypeVar("T")
 
 
@@ -92,6 +93,9 @@ class Workflow:
                 "STOCK_SHIPMENT": self.stock_shipment,
                 "POST_SHIPMENT": self.post_shipment,
                 "INVOICE": self.invoice,
+                "CANCEL": self.cancel,
+                "DEALLOCATE": self.deallocate,
+                "ERP_CANCEL": self.erp_cancel,
             }
         )
 
@@ -182,6 +186,10 @@ class Workflow:
         if row is None:
             return
         allocation = event.allocation
+        if all(state.open == 0 for state in row.lines.values()):
+            # Filled after the order was canceled: the stock goes back.
+            await schedule(session, event.order_id, "DEALLOCATE", allocation.allocation_id)
+            return
         await self._add_fulfillment_orders(session, row, [allocation])
         await store.add_timeline(
             session,
@@ -537,6 +545,284 @@ class Workflow:
                 )
             await self.runtime.events.record_many(session, events)
 
+    # --- cancellation ------------------------------------------------------------------------
+
+    async def on_cancel_requested(
+        self, session: AsyncSession, event: order_events.OrderCancelRequested, event_id: str
+    ) -> None:
+        inserted = await session.scalar(
+            insert(cancellation)
+            .values(
+                cancellation_id=event.cancellation_id,
+                order_id=event.order_id,
+                document=event.SerializeToString(),
+            )
+            .on_conflict_do_nothing()
+            .returning(cancellation.c.cancellation_id)
+        )
+        if inserted is not None:
+            await store.add_timeline(
+                session,
+                event.order_id,
+                fpb.WORKFLOW_STAGE_CANCELLATION,
+                f"cancellation requested ({event.reason_code})",
+                event_type="dwf.order.v1.OrderCancelRequested",
+                event_id=event_id,
+                producer="order_gateway",
+            )
+            await schedule(session, event.order_id, "CANCEL", event.cancellation_id)
+
+    async def cancel(self, task: Task) -> None:
+        """Cancel what has not been released at once (stock back, ERP order canceled when
+        nothing is left); ask the WMS for what has been released; refuse what has shipped."""
+        async with self.runtime.sessions() as session:
+            row = await store.load_order(session, task.order_id)
+            document = await session.scalar(
+                select(cancellation.c.document).where(
+                    cancellation.c.cancellation_id == task.subject_id
+                )
+            )
+            orders = await store.fulfillment_orders_of(session, task.order_id)
+            busy = await session.scalar(
+                select(workflow_task.c.task_key).where(
+                    workflow_task.c.order_id == task.order_id,
+                    workflow_task.c.kind.in_(("BOOK_ERP", "ALLOCATE", "RELEASE")),
+                    workflow_task.c.state == "PENDING",
+                    workflow_task.c.leased_until > datetime.now(UTC),
+                )
+            )
+        if row is None or document is None:
+            raise StepFailure(domain.Category.BUSINESS_RULE, "DWF", "UNKNOWN_ORDER", task.order_id)
+        if busy is not None:  # a step is talking to a system right now: decide after it
+            raise StepFailure(
+                domain.Category.RETRYABLE, "DWF", "STEP_IN_FLIGHT", f"{busy} is running"
+            )
+        request = order_events.OrderCancelRequested.FromString(document)
+        asked = {sel.line_id: sel.quantity for sel in request.lines}
+        wanted = {
+            line_id: min(asked.get(line_id) or state.open, state.open)
+            for line_id, state in row.lines.items()
+            if (not asked or line_id in asked) and state.open > 0
+        }
+        released = [o for o in orders if o.state in RELEASED_STATES]
+        pending = [o for o in orders if o.state == "PENDING_RELEASE"]
+        at_wms = {line["line_id"]: 0 for o in released for line in o.lines}
+        for o in released:
+            for line in o.lines:
+                at_wms[line["line_id"]] += int(line["quantity"]) - int(line.get("shipped", 0))
+        now_lines = {
+            lid: max(q - min(q, max(at_wms.get(lid, 0), 0)), 0) for lid, q in wanted.items()
+        }
+        via_wms = {lid: q - now_lines[lid] for lid, q in wanted.items() if q - now_lines[lid] > 0}
+        now_lines = {lid: q for lid, q in now_lines.items() if q > 0}
+        # Stock first: unreleased allocations, then what is still reserved.
+        for o in pending:
+            selection = [
+                common_pb2.LineSelection(line_id=line["line_id"], quantity=int(line["quantity"]))
+                for line in o.lines
+                if line["line_id"] in now_lines
+            ]
+            if selection:
+                await self._inventory(
+                    "Deallocate",
+                    inv.DeallocateRequest(
+                        request_id=derived_id(task.subject_id, o.allocation_id, "deallocate"),
+                        order_id=task.order_id,
+                        allocation_id=o.allocation_id,
+                        lines=selection,
+                        disposition=inv.DEALLOCATION_DISPOSITION_RELEASE,
+                        reason="ORDER_CANCELED",
+                    ),
+                )
+        if row.reservation_id and now_lines:
+            await self._inventory(
+                "ReleaseReservation",
+                inv.ReleaseReservationRequest(
+                    request_id=derived_id(task.subject_id, "release"),
+                    reservation_id=row.reservation_id,
+                    lines=[
+                        common_pb2.LineSelection(line_id=lid, quantity=q)
+                        for lid, q in sorted(now_lines.items())
+                    ],
+                    reason="ORDER_CANCELED",
+                ),
+            )
+        for o in released:
+            asked_lines = tuple(
+                wms_api.CancelLine(line["line_id"], via_wms[line["line_id"]])
+                for line in o.lines
+                if via_wms.get(line["line_id"], 0) > 0
+            )
+            if asked_lines:
+                await self._external(
+                    self.connectors.wms.cancel_release(o.fulfillment_order_id, asked_lines)
+                )
+        async with self.engine.completing(task) as session:
+            row = await self._order(session, task.order_id)
+            lines = domain.add(row.lines, "canceled", sorted(now_lines.items()))
+            await store.save_order(session, task.order_id, lines=lines)
+            for o in pending:
+                if all(line["line_id"] in now_lines for line in o.lines):
+                    await store.update_fulfillment_order(
+                        session, o.fulfillment_order_id, state="CANCELED"
+                    )
+                    await self._stop(session, f"RELEASE:{o.fulfillment_order_id}")
+            events = await self._canceled(session, row, lines, task.subject_id, now_lines, request)
+            await self.runtime.events.record_many(session, events)
+            await session.execute(
+                update(cancellation)
+                .where(cancellation.c.cancellation_id == task.subject_id)
+                .values(state="WAITING_FOR_WMS" if via_wms else "DONE")
+            )
+            summary = (
+                f"canceled now: {sorted(now_lines.items())}; asked the WMS: "
+                f"{sorted(via_wms.items())}"
+                if now_lines or via_wms
+                else "nothing left to cancel"
+            )
+            await store.add_timeline(
+                session, task.order_id, fpb.WORKFLOW_STAGE_CANCELLATION, summary
+            )
+
+    async def _canceled(
+        self,
+        session: AsyncSession,
+        row: store.OrderRow,
+        lines: domain.Lines,
+        cancellation_id: str,
+        canceled: Mapping[str, int],
+        request: order_events.OrderCancelRequested | None,
+    ) -> list[PendingEvent]:
+        """OrderCanceled for what was canceled; a fully canceled order stops its workflow,
+        and its ERP order is canceled."""
+        if not canceled:
+            return []
+        fully = domain.fully_canceled(lines)
+        events = [
+            PendingEvent(
+                "order",
+                row.order.order_id,
+                events_pb2.OrderCanceled(
+                    order_id=row.order.order_id,
+                    cancellation_id=cancellation_id,
+                    canceled=[
+                        common_pb2.LineSelection(line_id=lid, quantity=q)
+                        for lid, q in sorted(canceled.items())
+                    ],
+                    fully_canceled=fully,
+                    reason_code=request.reason_code if request else "CUSTOMER_REQUEST",
+                    canceled_at=ts(datetime.now(UTC)),
+                ),
+            )
+        ]
+        if all(state.open == 0 for state in lines.values()):
+            for kind in ("BOOK_ERP", "ALLOCATE"):
+                await self._stop(session, f"{kind}:{row.order.order_id}")
+            if row.erp_order_number:
+                await schedule(session, row.order.order_id, "ERP_CANCEL", row.order.order_id)
+            if fully:
+                events += await self._set_status(session, row, S.ORDER_STATUS_CANCELED)
+        return events
+
+    async def _stop(self, session: AsyncSession, key: str) -> None:
+        """A step the cancellation made pointless: done, and its exception closed."""
+        stopped = await session.scalar(
+            update(workflow_task)
+            .where(workflow_task.c.task_key == key, workflow_task.c.state != "DONE")
+            .values(state="DONE", lease_id=None, leased_until=None, last_error="order canceled")
+            .returning(workflow_task.c.order_id)
+        )
+        if stopped is not None:
+            kind, _, subject = key.partition(":")
+            await self.engine.resolve_open_exception(
+                session, Task(key, stopped, kind, subject, 0, ""), domain.Action.CANCEL, "canceled"
+            )
+
+    async def deallocate(self, task: Task) -> None:
+        """Give back an allocation nobody will ship (canceled at the WMS, or filled late)."""
+        await self._inventory(
+            "Deallocate",
+            inv.DeallocateRequest(
+                request_id=derived_id(task.subject_id, "deallocate"),
+                order_id=task.order_id,
+                allocation_id=task.subject_id,
+                disposition=inv.DEALLOCATION_DISPOSITION_RELEASE,
+                reason="ORDER_CANCELED",
+            ),
+        )
+        await self.engine.finish(task)
+
+    async def erp_cancel(self, task: Task) -> None:
+        async with self.runtime.sessions() as session:
+            row = await store.load_order(session, task.order_id)
+        assert row is not None
+        await self._external(
+            self.connectors.erp.cancel_sales_order(row.erp_order_number, "ORDER_CANCELED")
+        )
+        async with self.engine.completing(task) as session:
+            await store.add_timeline(
+                session,
+                task.order_id,
+                fpb.WORKFLOW_STAGE_CANCELLATION,
+                f"ERP sales order {row.erp_order_number} canceled",
+            )
+
+    async def _wms_canceled(
+        self, session: AsyncSession, row: store.OrderRow, fo: Any, event: wms_api.WmsEvent
+    ) -> None:
+        waiting = (
+            await session.execute(
+                select(cancellation.c.cancellation_id, cancellation.c.document)
+                .where(
+                    cancellation.c.order_id == fo.order_id,
+                    cancellation.c.state == "WAITING_FOR_WMS",
+                )
+                .order_by(cancellation.c.created_at.desc())
+                .limit(1)
+            )
+        ).one_or_none()
+        if isinstance(event, wms_api.CancelRefused):
+            if waiting is not None:
+                await session.execute(
+                    update(cancellation)
+                    .where(cancellation.c.cancellation_id == waiting.cancellation_id)
+                    .values(state="REFUSED")
+                )
+            return
+        assert isinstance(event, wms_api.CancelAccepted)
+        canceled = {line.line_id: line.quantity for line in event.lines if line.quantity > 0}
+        lines = domain.add(row.lines, "canceled", sorted(canceled.items()))
+        await store.save_order(session, fo.order_id, lines=lines)
+        fo_lines = [dict(line) for line in fo.lines]
+        for line in fo_lines:
+            line["canceled"] = int(line.get("canceled", 0)) + canceled.get(line["line_id"], 0)
+        left = sum(
+            int(line["quantity"]) - int(line.get("shipped", 0)) - int(line["canceled"])
+            for line in fo_lines
+        )
+        await store.update_fulfillment_order(
+            session,
+            fo.fulfillment_order_id,
+            lines=fo_lines,
+            state="CANCELED" if left <= 0 else fo.state,
+        )
+        await self._close_timer(session, fo.fulfillment_order_id)
+        await schedule(session, fo.order_id, "DEALLOCATE", fo.allocation_id)
+        cancellation_id = waiting.cancellation_id if waiting is not None else ""
+        request = (
+            order_events.OrderCancelRequested.FromString(waiting.document)
+            if waiting is not None
+            else None
+        )
+        if waiting is not None:
+            await session.execute(
+                update(cancellation)
+                .where(cancellation.c.cancellation_id == cancellation_id)
+                .values(state="DONE")
+            )
+        events = await self._canceled(session, row, lines, cancellation_id, canceled, request)
+        await self.runtime.events.record_many(session, events)
+
     # --- the WMS feed ------------------------------------------------------------------------
 
     async def poll_wms(self) -> int:
@@ -605,6 +891,8 @@ class Workflow:
             )
         elif isinstance(event, wms_api.Shipped):
             await self._shipped(session, row, fo, event)
+        elif isinstance(event, wms_api.CancelAccepted | wms_api.CancelRefused):
+            await self._wms_canceled(session, row, fo, event)
         elif isinstance(event, wms_api.ReleaseRejected):
             await store.update_fulfillment_order(
                 session, fo.fulfillment_order_id, state="REJECTED", rejection_reason=event.reason

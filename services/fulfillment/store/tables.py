@@ -128,3 +128,14 @@ wms_event = Table(
     Column("event_id", Text, primary_key=True),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=NOW),
 )
+
+cancellation = Table(
+    "cancellation",
+    metadata,
+    Column("cancellation_id", Text, primary_key=True),
+    Column("order_id", Text, nullable=False),
+    # REQUESTED → DONE, or WAITING_FOR_WMS while a released part awaits the WMS's answer.
+    Column("state", Text, nullable=False, server_default="REQUESTED"),
+    Column("document", BYTEA, nullable=False),  # dwf.order.v1.OrderCancelRequested
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+)
