@@ -65,6 +65,7 @@ class LineState:
     shipped: int = 0
     canceled: int = 0
     invoiced: int = 0
+    returned: int = 0  # received back and credited
 
     @property
     def open(self) -> int:
@@ -104,6 +105,13 @@ def fully_shipped(lines: Lines) -> bool:
 
 def fully_canceled(lines: Lines) -> bool:
     return all(state.canceled >= state.ordered for state in lines.values())
+
+
+def fully_returned(lines: Lines) -> bool:
+    """RETURNED: everything shipped came back and was credited."""
+    return any(s.shipped > 0 for s in lines.values()) and all(
+        s.returned >= s.shipped for s in lines.values()
+    )
 
 
 def complete(lines: Lines, shipments: int, invoiced_shipments: int) -> bool:

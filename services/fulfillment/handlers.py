@@ -41,6 +41,11 @@ def consumers(parts: Parts) -> Sequence[ConsumerSpec]:
         if envelope.payload.Unpack(event):
             await parts.workflow.on_cancel_requested(session, event, envelope.id)
 
+    async def return_requested(session: AsyncSession, envelope: envelope_pb2.EventEnvelope) -> None:
+        event = order_events.ReturnRequested()
+        if envelope.payload.Unpack(event):
+            await parts.workflow.on_return_requested(session, event, envelope.id)
+
     async def backorder_filled(session: AsyncSession, envelope: envelope_pb2.EventEnvelope) -> None:
         event = inventory_events.BackorderFilled()
         if envelope.payload.Unpack(event):
@@ -62,6 +67,14 @@ def consumers(parts: Parts) -> Sequence[ConsumerSpec]:
                 subject_for("order_gateway", order_events.OrderCancelRequested.DESCRIPTOR.full_name)
             ],
             handler=cancel_requested,
+        ),
+        ConsumerSpec(
+            durable="fulfillment_returns",
+            stream=STREAMS["order_gateway"].name,
+            subjects=[
+                subject_for("order_gateway", order_events.ReturnRequested.DESCRIPTOR.full_name)
+            ],
+            handler=return_requested,
         ),
         ConsumerSpec(
             durable="fulfillment_backorders",

@@ -43,7 +43,15 @@ from services.fulfillment.connectors import wms as wms_api
 from services.fulfillment.connectors.http import ConnectorError
 from services.fulfillment.engine import StepFailure, Task, TaskEngine, schedule
 from services.fulfillment.store import workflow as store
-from services.fulfillment.store.tables import cancellation, wms_event, wms_feed, workflow_task
+from services.fulfillment.store.tables import (
+    cancellation,
+    return_authorization,
+    shipment,
+    wms_event,
+    wms_feed,
+    wms_receipt,
+    workflow_task,
+)
 
 log = logging.getLogger("dwf.fulfillment.workflow")
 S = common_pb2
@@ -96,6 +104,9 @@ class Workflow:
                 "CANCEL": self.cancel,
                 "DEALLOCATE": self.deallocate,
                 "ERP_CANCEL": self.erp_cancel,
+                "RETURN": self.announce_return,
+                "RESTOCK": self.restock,
+                "CREDIT_MEMO": self.credit_memo,
             }
         )
 
@@ -823,6 +834,262 @@ class Workflow:
         events = await self._canceled(session, row, lines, cancellation_id, canceled, request)
         await self.runtime.events.record_many(session, events)
 
+    # --- returns -----------------------------------------------------------------------------
+
+    async def _rma(
+        self, session: AsyncSession, rma_id: str, *, for_update: bool = False
+    ) -> fpb.ReturnAuthorization | None:
+        query = select(return_authorization.c.document).where(
+            return_authorization.c.rma_id == rma_id
+        )
+        if for_update:
+            query = query.with_for_update()
+        document = await session.scalar(query)
+        return None if document is None else fpb.ReturnAuthorization.FromString(document)
+
+    async def _save_rma(self, session: AsyncSession, rma: fpb.ReturnAuthorization) -> None:
+        await session.execute(
+            update(return_authorization)
+            .where(return_authorization.c.rma_id == rma.rma_id)
+            .values(document=rma.SerializeToString())
+        )
+
+    async def on_return_requested(
+        self, session: AsyncSession, event: order_events.ReturnRequested, event_id: str
+    ) -> None:
+        """Authorise the RMA (shipped, not yet returned quantity only) and tell the WMS."""
+        row = await store.load_order(session, event.order_id, for_update=True)
+        if row is None:
+            return
+        shipments = await store.documents_of(session, shipment, event.order_id, fpb.Shipment)
+        rma_id = derived_id(event.return_request_id, "rma")
+        lines = []
+        for line in event.lines:
+            state = row.lines.get(line.line_id)
+            if state is None:
+                continue
+            lines.append(
+                fpb.ReturnAuthorizationLine(
+                    line_id=line.line_id,
+                    sku=state.sku,
+                    authorized_quantity=min(line.quantity, state.shipped),
+                    reason_code=line.reason_code,
+                )
+            )
+        rma = fpb.ReturnAuthorization(
+            rma_id=rma_id,
+            rma_number=f"RMA-{rma_id[:8].upper()}",
+            order_id=event.order_id,
+            return_request_id=event.return_request_id,
+            state=fpb.RETURN_STATE_AUTHORIZED,
+            warehouse_id=shipments[0].warehouse_id if shipments else "",
+            lines=lines,
+            authorized_at=ts(datetime.now(UTC)),
+        )
+        inserted = await session.scalar(
+            insert(return_authorization)
+            .values(
+                rma_id=rma_id,
+                order_id=event.order_id,
+                rma_number=rma.rma_number,
+                document=rma.SerializeToString(),
+            )
+            .on_conflict_do_nothing()
+            .returning(return_authorization.c.rma_id)
+        )
+        if inserted is None:
+            return
+        await self.runtime.events.record_many(
+            session,
+            [
+                PendingEvent(
+                    "order", event.order_id, events_pb2.ReturnAuthorized(return_authorization=rma)
+                )
+            ],
+        )
+        await store.add_timeline(
+            session,
+            event.order_id,
+            fpb.WORKFLOW_STAGE_RETURN,
+            f"return authorised as {rma.rma_number}",
+            event_type="dwf.order.v1.ReturnRequested",
+            event_id=event_id,
+            producer="order_gateway",
+        )
+        await schedule(session, event.order_id, "RETURN", rma_id)
+
+    async def announce_return(self, task: Task) -> None:
+        async with self.runtime.sessions() as session:
+            rma = await self._rma(session, task.subject_id)
+        assert rma is not None
+        await self._external(
+            self.connectors.wms.create_return(
+                wms_api.ReturnRequest(
+                    rma_number=rma.rma_number,
+                    order_id=rma.order_id,
+                    warehouse_id=rma.warehouse_id,
+                    lines=tuple(
+                        wms_api.WmsLine(line.line_id, line.sku, line.authorized_quantity)
+                        for line in rma.lines
+                        if line.authorized_quantity > 0
+                    ),
+                )
+            )
+        )
+        await self.engine.finish(task)
+
+    async def _return_received(self, session: AsyncSession, event: wms_api.ReturnReceived) -> None:
+        rma_id = await session.scalar(
+            select(return_authorization.c.rma_id).where(
+                return_authorization.c.rma_number == event.rma_number
+            )
+        )
+        if rma_id is None:
+            return
+        rma = await self._rma(session, rma_id, for_update=True)
+        assert rma is not None
+        received = {line.line_id: line for line in event.lines}
+        receipt_lines = []
+        for line in rma.lines:
+            got = received.get(line.line_id)
+            if got is None:
+                continue
+            restocked = got.quantity if got.disposition == "RESTOCK" else 0
+            line.received_quantity += got.quantity
+            line.restocked_quantity += restocked
+            line.scrapped_quantity += got.quantity - restocked
+            receipt_lines.append(
+                fpb.ReturnReceiptLine(
+                    line_id=line.line_id,
+                    sku=line.sku,
+                    received_quantity=got.quantity,
+                    restocked_quantity=restocked,
+                    scrapped_quantity=got.quantity - restocked,
+                )
+            )
+        rma.state = fpb.RETURN_STATE_RECEIVED
+        rma.received_at.FromDatetime(event.occurred_at or datetime.now(UTC))
+        await self._save_rma(session, rma)
+        receipt = events_pb2.ReturnReceived(
+            order_id=rma.order_id,
+            rma_id=rma.rma_id,
+            rma_number=rma.rma_number,
+            receipt_id=event.receipt_id,
+            warehouse_id=rma.warehouse_id,
+            lines=receipt_lines,
+            received_at=rma.received_at,
+        )
+        await self.runtime.events.record_many(
+            session, [PendingEvent("order", rma.order_id, receipt)]
+        )
+        subject = f"{rma.rma_id}/{event.receipt_id}"
+        await session.execute(
+            insert(wms_receipt)
+            .values(subject=subject, document=receipt.SerializeToString())
+            .on_conflict_do_nothing()
+        )
+        await schedule(session, rma.order_id, "RESTOCK", subject)
+        await schedule(session, rma.order_id, "CREDIT_MEMO", subject)
+        await store.add_timeline(
+            session,
+            rma.order_id,
+            fpb.WORKFLOW_STAGE_RETURN,
+            f"return {rma.rma_number} received ({event.receipt_id})",
+        )
+
+    async def _receipt(self, subject: str) -> events_pb2.ReturnReceived:
+        async with self.runtime.sessions() as session:
+            document = await session.scalar(
+                select(wms_receipt.c.document).where(wms_receipt.c.subject == subject)
+            )
+        assert document is not None
+        return events_pb2.ReturnReceived.FromString(document)
+
+    async def restock(self, task: Task) -> None:
+        """Restocked quantity back on inventory's books (RETURN ledger entries)."""
+        receipt = await self._receipt(task.subject_id)
+        for line in receipt.lines:
+            if line.restocked_quantity <= 0:
+                continue
+            await self._inventory(
+                "RecordStockMovement",
+                inv.RecordStockMovementRequest(
+                    request_id=derived_id(task.subject_id, line.line_id, "restock"),
+                    sku=line.sku,
+                    warehouse_id=receipt.warehouse_id,
+                    kind=inv.MOVEMENT_KIND_RETURN,
+                    quantity_delta=line.restocked_quantity,
+                    reference=f"{receipt.rma_number}/{receipt.receipt_id}",
+                    order_id=receipt.order_id,
+                    line_id=line.line_id,
+                    occurred_at=receipt.received_at,
+                ),
+            )
+        await self.engine.finish(task)
+
+    async def credit_memo(self, task: Task) -> None:
+        receipt = await self._receipt(task.subject_id)
+        async with self.runtime.sessions() as session:
+            row = await store.load_order(session, task.order_id)
+        assert row is not None
+        memo = await self._external(
+            self.connectors.erp.create_credit_memo(
+                erp_api.CreditMemoRequest(
+                    external_reference=f"{receipt.rma_number}/{receipt.receipt_id}",
+                    sales_order_number=row.erp_order_number,
+                    lines=tuple(
+                        erp_api.QuantityLine(line.line_id, line.sku, line.received_quantity)
+                        for line in receipt.lines
+                    ),
+                )
+            )
+        )
+        async with self.engine.completing(task) as session:
+            row = await self._order(session, task.order_id)
+            rma = await self._rma(session, receipt.rma_id, for_update=True)
+            assert rma is not None
+            record = fpb.CreditMemo(
+                credit_memo_id=derived_id(task.subject_id, "credit_memo"),
+                erp_credit_memo_number=memo.credit_memo_number,
+                order_id=task.order_id,
+                rma_id=rma.rma_id,
+                lines=[
+                    fpb.InvoiceLine(
+                        line_id=line.line_id, sku=line.sku, quantity=line.received_quantity
+                    )
+                    for line in receipt.lines
+                ],
+                total=common_pb2.Money(
+                    currency_code=memo.currency,
+                    units=int(memo.amount),
+                    nanos=int((memo.amount - int(memo.amount)) * 10**9),
+                ),
+                created_at=ts(datetime.now(UTC)),
+            )
+            rma.state = fpb.RETURN_STATE_CREDITED
+            rma.credit_memo_id = record.credit_memo_id
+            await self._save_rma(session, rma)
+            returned = domain.add(
+                row.lines,
+                "returned",
+                [(line.line_id, line.received_quantity) for line in receipt.lines],
+            )
+            await store.save_order(session, task.order_id, lines=returned)
+            events = [
+                PendingEvent(
+                    "order", task.order_id, events_pb2.CreditMemoCreated(credit_memo=record)
+                )
+            ]
+            if domain.fully_returned(returned):
+                events += await self._set_status(session, row, S.ORDER_STATUS_RETURNED)
+            await self.runtime.events.record_many(session, events)
+            await store.add_timeline(
+                session,
+                task.order_id,
+                fpb.WORKFLOW_STAGE_RETURN,
+                f"credit memo {memo.credit_memo_number} for {receipt.rma_number}",
+            )
+
     # --- the WMS feed ------------------------------------------------------------------------
 
     async def poll_wms(self) -> int:
@@ -858,6 +1125,9 @@ class Workflow:
         return len(events)
 
     async def apply_wms_event(self, session: AsyncSession, event: wms_api.WmsEvent) -> None:
+        if isinstance(event, wms_api.ReturnReceived):
+            await self._return_received(session, event)
+            return
         if not event.release_id:
             return
         fo = await store.load_fulfillment_order(session, event.release_id, for_update=True)

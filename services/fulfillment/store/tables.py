@@ -139,3 +139,21 @@ cancellation = Table(
     Column("document", BYTEA, nullable=False),  # dwf.order.v1.OrderCancelRequested
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
 )
+
+return_authorization = Table(
+    "return_authorization",
+    metadata,
+    Column("rma_id", Text, primary_key=True),
+    Column("order_id", Text, nullable=False),
+    Column("rma_number", Text, nullable=False, unique=True),
+    Column("document", BYTEA, nullable=False),  # dwf.fulfillment.v1.ReturnAuthorization
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+)
+
+# A WMS return receipt, kept for the restock and credit memo steps it starts.
+wms_receipt = Table(
+    "wms_receipt",
+    metadata,
+    Column("subject", Text, primary_key=True),  # "<rma id>/<receipt id>"
+    Column("document", BYTEA, nullable=False),  # dwf.fulfillment.v1.ReturnReceived
+)
