@@ -1,6 +1,9 @@
-"""gRPC API of the fulfillment service: the order's fulfillment view and the exception
-workbench. CancelOrder, CreateReturn and ResolveException answer UNIMPLEMENTED (with
-ErrorInfo) until their part of the workflow lands.
+"""gRPC API of the fulfillment service: the order's fulfillment view, operator
+cancellations and returns, and the exception workbench.
+
+Cancellations and returns go through the same durable steps as the gateway's requests
+(services.fulfillment.workflow): the RPC records the request and answers at once; the
+outcome follows as events (OrderCanceled, ReturnAuthorized…).
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from chassis.errors import PreconditionViolation as Violation
+from chassis.protos import ts
 from chassis.server import Runtime
 from chassis.validation import Violations
+from dwf.common.v1 import common_pb2 as S
 from dwf.fulfillment.v1 import fulfillment_pb2 as fpb
 from dwf.fulfillment.v1 import fulfillment_pb2_grpc
-from services.fulfillment.engine import TaskEngine
+from dwf.order.v1 import events_pb2 as order_events
+from services.fulfillment import domain
+from services.fulfillment.engine import Task, TaskEngine
 from services.fulfillment.store import workflow as store
 from services.fulfillment.store.tables import (
     exception_record,
@@ -28,6 +35,7 @@ from services.fulfillment.store.tables import (
     shipment,
     workflow_task,
 )
+from services.fulfillment.workflow import Workflow, derived_id
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
@@ -63,9 +71,200 @@ def _after(token: str, filters: Any) -> tuple[datetime, str] | None:
 
 
 class FulfillmentService(fulfillment_pb2_grpc.FulfillmentServiceServicer):
-    def __init__(self, runtime: Runtime, engine: TaskEngine) -> None:
+    def __init__(self, runtime: Runtime, engine: TaskEngine, workflow: Workflow) -> None:
         self.runtime = runtime
         self.engine = engine
+        self.workflow = workflow
+
+    async def _order(self, session: AsyncSession, order_id: str) -> store.OrderRow:
+        row = await store.load_order(session, order_id)
+        if row is None:
+            raise NotFound(f"order {order_id!r} not found", "ORDER_NOT_FOUND")
+        return row
+
+    async def CancelOrder(
+        self, request: fpb.CancelOrderRequest, context: Any
+    ) -> fpb.CancelOrderResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        v.check(bool(request.order_id), "order_id", "required")
+        v.check(0 < len(request.reason_code) <= 64, "reason_code", "required, at most 64 chars")
+        v.check(len(request.note) <= 1000, "note", "at most 1000 characters")
+        for i, line in enumerate(request.lines):
+            v.check(bool(line.line_id), f"lines[{i}].line_id", "required")
+            v.check(line.quantity >= 0, f"lines[{i}].quantity", "must be >= 0")
+        v.raise_if_any()
+
+        async def work(session: AsyncSession) -> fpb.CancelOrderResponse:
+            row = await self._order(session, request.order_id)
+            unknown = [sel.line_id for sel in request.lines if sel.line_id not in row.lines]
+            if unknown:
+                raise InvalidArgument(
+                    [FieldViolation("lines", f"no line {lid!r}") for lid in unknown]
+                )
+            asked = {sel.line_id: sel.quantity for sel in request.lines}
+            pending, refused = [], []
+            for line_id, state in sorted(row.lines.items()):
+                if asked and line_id not in asked:
+                    continue
+                want = asked.get(line_id) or state.open
+                if state.open > 0:
+                    pending.append(S.LineSelection(line_id=line_id, quantity=min(want, state.open)))
+                if want > state.open and state.shipped > 0:
+                    refused.append(
+                        S.LineSelection(
+                            line_id=line_id, quantity=min(want - state.open, state.shipped)
+                        )
+                    )
+            cancellation_id = request.cancellation_id or derived_id(request.request_id, "cancel")
+            if not pending:
+                return fpb.CancelOrderResponse(
+                    outcome=fpb.CANCELLATION_OUTCOME_REJECTED,
+                    cancellation_id=cancellation_id,
+                    refused=refused,
+                )
+            await self.workflow.on_cancel_requested(
+                session,
+                order_events.OrderCancelRequested(
+                    order_id=request.order_id,
+                    cancellation_id=cancellation_id,
+                    lines=request.lines,
+                    reason_code=request.reason_code,
+                    note=request.note,
+                    requested_at=ts(datetime.now(UTC)),
+                ),
+                "",
+            )
+            return fpb.CancelOrderResponse(
+                outcome=fpb.CANCELLATION_OUTCOME_PENDING,
+                cancellation_id=cancellation_id,
+                pending=pending,
+                refused=refused,
+            )
+
+        return await self.runtime.once("CancelOrder", request, fpb.CancelOrderResponse, work)
+
+    async def CreateReturn(
+        self, request: fpb.CreateReturnRequest, context: Any
+    ) -> fpb.CreateReturnResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        v.check(bool(request.order_id), "order_id", "required")
+        v.check(1 <= len(request.lines) <= 1000, "lines", "1 to 1000 lines")
+        for i, line in enumerate(request.lines):
+            v.check(bool(line.line_id), f"lines[{i}].line_id", "required")
+            v.check(line.quantity > 0, f"lines[{i}].quantity", "must be > 0")
+            v.check(bool(line.reason_code), f"lines[{i}].reason_code", "required")
+        v.raise_if_any()
+
+        async def work(session: AsyncSession) -> fpb.CreateReturnResponse:
+            row = await self._order(session, request.order_id)
+            v = Violations()
+            for i, line in enumerate(request.lines):
+                state = row.lines.get(line.line_id)
+                if v.check(state is not None, f"lines[{i}].line_id", "no such line"):
+                    assert state is not None
+                    v.check(
+                        line.quantity <= state.shipped - state.returned,
+                        f"lines[{i}].quantity",
+                        f"at most {state.shipped - state.returned} shipped and not returned",
+                    )
+            v.raise_if_any()
+            return_request_id = request.return_request_id or derived_id(
+                request.request_id, "return"
+            )
+            await self.workflow.on_return_requested(
+                session,
+                order_events.ReturnRequested(
+                    order_id=request.order_id,
+                    return_request_id=return_request_id,
+                    lines=request.lines,
+                    requested_at=ts(datetime.now(UTC)),
+                ),
+                "",
+            )
+            rma = await self.workflow._rma(session, derived_id(return_request_id, "rma"))
+            assert rma is not None
+            return fpb.CreateReturnResponse(return_authorization=rma)
+
+        return await self.runtime.once("CreateReturn", request, fpb.CreateReturnResponse, work)
+
+    async def ResolveException(
+        self, request: fpb.ResolveExceptionRequest, context: Any
+    ) -> fpb.ResolveExceptionResponse:
+        v = Violations()
+        v.request_id(request.request_id)
+        v.check(bool(request.exception_id), "exception_id", "required")
+        v.check(
+            request.action in (fpb.EXCEPTION_ACTION_CANCEL, fpb.EXCEPTION_ACTION_OVERRIDE),
+            "action",
+            "CANCEL or OVERRIDE",
+        )
+        v.check(0 < len(request.note) <= 1000, "note", "required, at most 1000 characters")
+        v.raise_if_any()
+
+        async def work(session: AsyncSession) -> fpb.ResolveExceptionResponse:
+            found = await store.load_exception(session, request.exception_id, for_update=True)
+            if found is None:
+                raise NotFound(
+                    f"exception {request.exception_id!r} not found", "EXCEPTION_NOT_FOUND"
+                )
+            record, task_key = found
+            if record.state != fpb.EXCEPTION_STATE_OPEN:
+                raise FailedPrecondition(
+                    "only an OPEN exception can be resolved",
+                    "EXCEPTION_NOT_OPEN",
+                    [Violation("EXCEPTION_STATE", record.exception_id, "not OPEN")],
+                )
+            if request.action not in record.safe_actions:
+                raise FailedPrecondition(
+                    "that action is not safe for this exception",
+                    "ACTION_NOT_SAFE",
+                    [Violation("SAFE_ACTIONS", record.exception_id, "action not listed")],
+                )
+            kind, _, subject = task_key.partition(":")
+            task = Task(task_key, record.order_id, kind, subject, record.attempts, "")
+            if request.action == fpb.EXCEPTION_ACTION_OVERRIDE:
+                if kind != "BOOK_ERP" or not request.external_reference:
+                    raise FailedPrecondition(
+                        "OVERRIDE needs the ERP order booked by hand (external_reference)",
+                        "OVERRIDE_NOT_SUPPORTED",
+                        [Violation("STAGE", record.exception_id, f"step {kind}")],
+                    )
+                await self.workflow.booked_by_hand(session, task, request.external_reference)
+            else:
+                await self.workflow.on_cancel_requested(
+                    session,
+                    order_events.OrderCancelRequested(
+                        order_id=record.order_id,
+                        cancellation_id=derived_id(request.request_id, "cancel"),
+                        reason_code="EXCEPTION_CANCELED",
+                        note=request.note,
+                        requested_at=ts(datetime.now(UTC)),
+                    ),
+                    "",
+                )
+            await session.execute(
+                update(workflow_task)
+                .where(workflow_task.c.task_key == task_key)
+                .values(state="DONE", lease_id=None, leased_until=None)
+            )
+            action = (
+                domain.Action.OVERRIDE
+                if request.action == fpb.EXCEPTION_ACTION_OVERRIDE
+                else domain.Action.CANCEL
+            )
+            resolved = await self.engine.resolve_open_exception(
+                session, task, action, request.note, actor="operator"
+            )
+            assert resolved is not None
+            if request.external_reference:
+                resolved.resolution.external_reference = request.external_reference
+            return fpb.ResolveExceptionResponse(exception=resolved)
+
+        return await self.runtime.once(
+            "ResolveException", request, fpb.ResolveExceptionResponse, work
+        )
 
     async def GetOrderFulfillment(
         self, request: fpb.GetOrderFulfillmentRequest, context: Any

@@ -70,8 +70,7 @@ def build_spec(
                 connectors,
                 engine,
                 workflow,
-                # CancelOrder, CreateReturn, ResolveException answer UNIMPLEMENTED for now.
-                FulfillmentService(runtime, engine),  # type: ignore[abstract]
+                FulfillmentService(runtime, engine, workflow),
             )
         made: Parts = runtime.fulfillment  # type: ignore[attr-defined]
         return made

@@ -279,6 +279,33 @@ class Workflow:
             )
             await schedule(session, task.order_id, "ALLOCATE", task.order_id)
 
+    async def booked_by_hand(self, session: AsyncSession, task: Task, number: str) -> None:
+        """An operator booked the order in the ERP by hand: continue as if BOOK_ERP had."""
+        row = await self._order(session, task.order_id)
+        await store.save_order(session, task.order_id, erp_order_number=number)
+        events = [
+            PendingEvent(
+                "order",
+                task.order_id,
+                events_pb2.ErpOrderBooked(
+                    order_id=task.order_id,
+                    erp_order_number=number,
+                    erp_system=self.erp_system,
+                    booked_at=ts(datetime.now(UTC)),
+                    attempts=task.attempts,
+                ),
+            ),
+            *await self._set_status(session, row, S.ORDER_STATUS_ERP_BOOKED),
+        ]
+        await self.runtime.events.record_many(session, events)
+        await store.add_timeline(
+            session,
+            task.order_id,
+            fpb.WORKFLOW_STAGE_ERP_BOOKING,
+            f"booked by hand in the ERP as {number}",
+        )
+        await schedule(session, task.order_id, "ALLOCATE", task.order_id)
+
     async def allocate(self, task: Task) -> None:
         async with self.runtime.sessions() as session:
             row = await store.load_order(session, task.order_id)
