@@ -12,14 +12,22 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
 from chassis.config import SERVICE_NAMES, ServiceSettings
 from stack.scenario import (
+    ERP_FAULTS,
+    FAULT_ORDERS,
+    ErpFaultDemo,
+    FulfillmentDemo,
+    FulfillmentRow,
     GatewayDemo,
     check_services,
     register_demo_endpoints,
+    run_erp_fault_demo,
+    run_fulfillment_demo,
     run_gateway_demo,
     run_inventory_demo,
     run_notifications_demo,
@@ -172,6 +180,8 @@ def _endpoints_table(stack: Stack) -> Table:
     if stack.sandbox is not None and stack.smtp is not None:
         table.add_row("channel sandbox", stack.sandbox.base_url + "/hooks/<name>")
         table.add_row("smtp sink", f"smtp://127.0.0.1:{stack.smtp.port}")
+    for name, url in stack.sandbox_urls.items():
+        table.add_row(f"{name} sandbox", url)
     return table
 
 
@@ -180,9 +190,13 @@ async def _up_until_signal(stack: Stack) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    with console.status("starting Postgres, NATS JetStream and the four services..."):
+    with console.status("starting Postgres, NATS JetStream, the sandboxes and the services..."):
         await stack.up()
     console.print(_endpoints_table(stack))
+    console.print(
+        "sandbox bearer tokens and admin APIs (/_admin/...): "
+        f"{escape(str(stack.data_dir / 'stack.json'))}, docs/sandboxes.md"
+    )
     console.print("all services SERVING — Ctrl-C stops everything")
     try:
         await stop.wait()
@@ -203,7 +217,7 @@ def up() -> None:
 
 
 async def _demo(stack: Stack) -> bool:
-    with console.status("starting Postgres, NATS JetStream and the four services..."):
+    with console.status("starting Postgres, NATS JetStream, the sandboxes and the services..."):
         await stack.up()
     console.print(_endpoints_table(stack))
     checks = await check_services({n: s.address for n, s in stack.services.items()})
@@ -248,6 +262,48 @@ async def _demo(stack: Stack) -> bool:
     )
     _print_gateway(gateway)
 
+    console.rule("fulfillment: orders to COMPLETED")
+    orders = [
+        (order.order_id, f"{order.channel_id} {order.channel_order_id}")
+        for order in [gateway.accepted, *gateway.ingested]
+        if order.order_id
+    ]
+    console.print(
+        f"fulfillment books each order in the ERP sandbox ({stack.sandbox_urls['erp']}), "
+        "allocates it in inventory, releases it to the WMS sandbox "
+        f"({stack.sandbox_urls['wms']}), records what ships, posts the shipment and invoices it "
+        "in the ERP:"
+    )
+    with _Progress("the gateway demo's orders in fulfillment") as progress:
+        fulfilled = await run_fulfillment_demo(
+            stack.services["fulfillment"].address, orders, timeout=60, progress=progress
+        )
+    _print_fulfillment(fulfilled)
+
+    console.rule("fulfillment: the ERP fails, the orders recover")
+    console.print(
+        "the ERP sandbox is set (POST /_admin/faults) to answer "
+        f"{ERP_FAULTS['rate_429']:.0%} of requests 429, {ERP_FAULTS['rate_5xx']:.0%} 5xx, and "
+        f"to hang {ERP_FAULTS['hang_seconds']} s after committing "
+        f"{ERP_FAULTS['rate_timeout_after_commit']:.0%} of them (fulfillment's read timeout is "
+        f"1 s: it cannot tell whether those took effect); then the web store sends "
+        f"{FAULT_ORDERS} orders:"
+    )
+    with _Progress("new web-store orders while the ERP misbehaves") as progress:
+        faulty = await run_erp_fault_demo(
+            stack.services["order_gateway"].address,
+            stack.services["fulfillment"].address,
+            stack.services["inventory"].address,
+            stack.sandbox_urls["erp"],
+            run=gateway.run,
+            timeout=60,
+            progress=progress,
+        )
+    phase_one_booked_once = all(
+        faulty.sales_orders.get(row.order_id) == 1 for row in fulfilled.rows
+    )
+    _print_erp_faults(faulty, fulfilled, phase_one_booked_once)
+
     console.rule("notifications: the stock feed to two channels")
     with console.status("waiting for the deliveries, the retries and a replay..."):
         notified = await run_notifications_demo(
@@ -267,7 +323,191 @@ async def _demo(stack: Stack) -> bool:
         f"stock), delivered: {notified.deliveries_after_replay}; replaying the same dead "
         f"letter again: {notified.second_replay}"
     )
-    return services_ok and inventory.ok and gateway.ok and notified.ok
+    return (
+        services_ok
+        and inventory.ok
+        and gateway.ok
+        and fulfilled.ok
+        and faulty.ok
+        and phase_one_booked_once
+        and notified.ok
+    )
+
+
+class _Progress:
+    """Shows orders moving through fulfillment: a live table on a terminal, otherwise a line
+    whenever an order changes (status, ERP number, releases, shipments, invoices)."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.live: Live | None = None
+        self.seen: dict[str, tuple[object, ...]] = {}
+        self.started = 0.0
+
+    def __enter__(self) -> _Progress:
+        import time
+
+        self.started = time.monotonic()
+        if console.is_terminal:
+            self.live = Live(  # transient: the final table is printed after it
+                _fulfillment_table(self.title, []),
+                console=console,
+                auto_refresh=False,
+                transient=True,
+            )
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def __call__(self, rows: list[FulfillmentRow]) -> None:
+        import time
+
+        if self.live is not None:
+            self.live.update(_fulfillment_table(self.title, rows), refresh=True)
+            return
+        for row in rows:
+            state = (
+                row.shown_status,
+                row.erp_order_number,
+                tuple(row.releases),
+                len(row.shipments),
+                len(row.invoices),
+                row.fixed,
+            )
+            if self.seen.get(row.order_id) == state:
+                continue
+            self.seen[row.order_id] = state
+            line = (
+                f"  {time.monotonic() - self.started:5.1f}s  {row.order_id[:8]}…  "
+                f"{_status(row.shown_status)}"
+            )
+            if row.open_exception:
+                line += f" ({escape(row.open_exception)})"
+            line += (
+                f"  {row.erp_order_number or '-'}  released: {', '.join(row.releases) or '-'}  "
+                f"shipments {len(row.shipments)}, invoices {len(row.invoices)}"
+            )
+            if row.fixed:
+                line += f"  \\[workbench: {escape(row.fixed)}]"
+            console.print(line)
+
+
+def _status(status: str) -> str:
+    color = (
+        "green"
+        if status == "COMPLETED"
+        else "red"
+        if status in ("EXCEPTION", "ON_HOLD", "CANCELED")
+        else "yellow"
+    )
+    return f"[{color}]{status}[/{color}]"
+
+
+def _fulfillment_table(title: str, rows: list[FulfillmentRow]) -> Table:
+    table = Table(title=title)
+    for column in ("order", "status", "ERP order", "released to", "shipped", "invoiced"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            f"{row.order_id[:8]}…\n{row.channel_id or row.label.split()[0]}",
+            _status(row.shown_status),
+            row.erp_order_number or "-",
+            "\n".join(row.releases) or "-",
+            "\n".join(row.shipments) or "-",
+            "\n".join(row.invoices) or "-",
+        )
+    return table
+
+
+def _print_fulfillment(demo: FulfillmentDemo) -> None:
+    console.print(_fulfillment_table("the gateway demo's orders in fulfillment", demo.rows))
+    for row in demo.rows:
+        if row.fixed:
+            console.print(
+                f"{escape(row.label)} ({row.order_id[:8]}…) came without a customer the ERP "
+                f"could book it to, and was parked on the exception workbench: "
+                f"{escape(row.fixed)}"
+            )
+    done = sum(row.completed for row in demo.rows)
+    if demo.ok:
+        console.print(
+            f"[green]all {done} orders COMPLETED[/green] in {demo.seconds:.1f} s: booked in the "
+            "ERP, shipped by the WMS, the shipments posted and invoiced"
+        )
+    else:
+        console.print(
+            f"[red]only {done} of {len(demo.rows)} orders COMPLETED within "
+            f"{demo.timeout:.0f} s[/red] (see .dwf/logs/fulfillment.log and the exceptions: "
+            "FulfillmentService.ListExceptions)"
+        )
+
+
+STEP_NAMES = {
+    "ERP_BOOKING": "booking",
+    "ALLOCATION": "allocation",
+    "RELEASE": "release",
+    "SHIPPING": "shipping",
+    "SHIPMENT_POSTING": "posting",
+    "INVOICING": "invoicing",
+}
+
+
+def _print_erp_faults(
+    demo: ErpFaultDemo, before: FulfillmentDemo, phase_one_booked_once: bool
+) -> None:
+    if demo.error:
+        console.print(f"[red]the scenario failed:[/red] {escape(demo.error)}")
+    console.print(_fulfillment_table("after the faults", demo.rows))
+    table = Table(title="exactly one ERP sales order per order, however often it was tried")
+    columns = ("order", "ERP order", "sales orders in the ERP", "booked at attempt", "workbench")
+    for column in columns:
+        table.add_column(column)
+    for row in demo.rows:
+        count = demo.sales_orders.get(row.order_id, 0)
+        color = "green" if count == 1 else "red"
+        table.add_row(
+            f"{row.order_id[:8]}…",
+            row.erp_order_number or "-",
+            f"[{color}]{count}[/{color}]",
+            str(row.booking_attempts or "-"),
+            "\n".join(
+                f"{STEP_NAMES.get(e.stage, e.stage)} {e.error_code}: {e.attempts} failed, {e.state}"
+                for e in row.exceptions
+            )
+            or "-",
+        )
+    console.print(table)
+    done = sum(row.completed for row in demo.rows)
+    color = "green" if demo.ok else "red"
+    console.print(
+        f"[{color}]{done} of {len(demo.rows)} orders COMPLETED[/{color}] in {demo.seconds:.1f} s "
+        f"(timeout {demo.timeout:.0f} s). Each failed ERP call was retried as a workflow "
+        "step, with backoff (the stack runs fulfillment with one attempt per call): the "
+        "booking's attempts are ErpOrderBooked.attempts, and the workbench (ListExceptions, "
+        "OPEN/RETRYING/RESOLVED) records a step from its second failure (with its last error)."
+    )
+    console.print(
+        f"the gateway demo's {len(before.rows)} orders: "
+        + (
+            "[green]one sales order each[/green]"
+            if phase_one_booked_once
+            else "[red]NOT one sales order each[/red]"
+        )
+        + f"; ERP faults restored: {', '.join(f'{k}={demo.restored.get(k)}' for k in ERP_FAULTS)}"
+    )
+    console.print(
+        "what these orders took is received again: "
+        + (", ".join(f"{qty} x {sku} at {wh}" for sku, wh, qty in demo.restocked) or "nothing")
+    )
+    table = Table(title="after the fulfillment demo")
+    for column in ("sku", "warehouse", "on hand", "reserved", "allocated", "available"):
+        table.add_column(column)
+    for sku, warehouse, *quantities in demo.positions_after:
+        table.add_row(sku, warehouse, *(str(q) for q in quantities))
+    console.print(table)
 
 
 def _print_gateway(demo: GatewayDemo) -> None:
@@ -345,8 +585,8 @@ def _print_gateway(demo: GatewayDemo) -> None:
     )
     console.print(rejected, markup=False)
     console.print(
-        f"the orders stay reserved; receipt PO-DEMO-RESTOCK-{demo.run} brings back what they "
-        "took, so the next run starts from the same availability: "
+        f"receipt PO-DEMO-RESTOCK-{demo.run} brings back what the orders took (fulfillment then "
+        "ships them), so the next run starts from the same availability: "
         + ", ".join(f"{qty} x {sku} at {wh}" for sku, wh, qty in demo.restocked)
     )
     console.print(_levels_table("after the gateway demo", demo.levels_after))

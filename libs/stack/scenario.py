@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,13 +105,16 @@ class InventoryDemo:
 
     @property
     def ok(self) -> bool:
-        # Relative to the start: with a kept data dir, earlier runs' orders stay reserved.
-        reserved_before = sum(r for _, _, _, r, _ in self.levels_before)
-        reserved_after = sum(r for _, _, _, r, _ in self.levels_after)
-        reserved_final = sum(r for _, _, _, r, _ in self.levels_final)
+        # Relative to the start, and in available stock: with a kept data dir earlier runs'
+        # orders may still be reserved, and fulfillment may allocate or ship them meanwhile
+        # (which moves reserved to allocated, or takes allocated and on-hand alike, but leaves
+        # what is available alone).
+        available_before = sum(a for *_, a in self.levels_before)
+        available_after = sum(a for *_, a in self.levels_after)
+        available_final = sum(a for *_, a in self.levels_final)
         return (
-            reserved_after - reserved_before == 120
-            and reserved_final == reserved_before
+            available_before - available_after == 120
+            and available_final == available_before
             and self.released_state == "RELEASED"
         )
 
@@ -241,24 +245,47 @@ async def stock_levels(stub: Any) -> list[StockRow]:
     ]
 
 
+PositionRow = tuple[str, str, int, int, int, int]  # ... on hand, reserved, allocated, available
+
+
+async def stock_positions(address: str) -> list[PositionRow]:
+    """Inventory's levels of the demo SKUs with what is allocated to fulfillment."""
+    from dwf.inventory.v1 import inventory_pb2 as ipb
+    from dwf.inventory.v1 import inventory_pb2_grpc
+
+    skus = [item["sku"] for item in DEMO_MASTER_DATA["items"]]
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        answer = await stub.GetAvailability(ipb.GetAvailabilityRequest(skus=skus), timeout=10)
+    return [
+        (s.sku, lv.warehouse_id, lv.on_hand, lv.reserved, lv.allocated, lv.available)
+        for s in answer.skus
+        for lv in s.warehouses
+    ]
+
+
 async def restock_sold(
     address: str, run: str, before: Sequence[StockRow]
 ) -> tuple[list[tuple[str, str, int]], list[StockRow]]:
-    """Receive, per SKU and warehouse, what became reserved since ``before``; answers the
-    quantities received and the levels after. The inventory demo's receipts are recorded once
-    per data dir (their references are fixed), so without this every `make demo` on a kept
-    data dir would sell from an ever smaller stock."""
+    """Receive, per SKU and warehouse, what is no longer available since ``before`` (what the
+    orders since then reserved); answers the quantities received and the levels after. The
+    inventory demo's receipts are recorded once per data dir (their references are fixed), so
+    without this every `make demo` on a kept data dir would sell from an ever smaller stock.
+
+    Measured in available stock, not in reserved: fulfillment allocates (reserved →
+    allocated) and ships (allocated and on-hand down) the orders meanwhile, which leaves the
+    available quantity alone. Once the orders have shipped, on-hand is back where it was."""
     import uuid
 
     from dwf.inventory.v1 import inventory_pb2 as ipb
     from dwf.inventory.v1 import inventory_pb2_grpc
 
-    reserved = {(sku, warehouse): r for sku, warehouse, _, r, _ in before}
+    available = {(sku, warehouse): a for sku, warehouse, _, _, a in before}
     restocked: list[tuple[str, str, int]] = []
     async with grpc.aio.insecure_channel(address) as channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
-        for sku, warehouse, _, now_reserved, _ in await stock_levels(stub):
-            sold = now_reserved - reserved.get((sku, warehouse), 0)
+        for sku, warehouse, _, _, now_available in await stock_levels(stub):
+            sold = available.get((sku, warehouse), now_available) - now_available
             if sold <= 0:
                 continue
             await stub.RecordStockMovement(
@@ -434,7 +461,8 @@ async def run_gateway_demo(
     ``demo/gateway_master_data.json`` through MasterDataService.ApplyMasterData, called with an
     admin credential this function first writes into the gateway's database with the
     gateway's own role (a fresh random key on every run). The stock is what the inventory demo
-    received; what the orders reserve is received again at the end (``restock_sold``), so a
+    received; what the orders take from available stock is received again at the end
+    (``restock_sold``; fulfillment then ships them, which brings on-hand back down), so a
     rerun on a kept data dir starts from the same availability. ``run`` goes into the
     channel order ids (default: from the clock).
     """
@@ -638,6 +666,392 @@ async def run_gateway_demo(
         refused_reason=refused_reason,
         refused_fields=refused_fields,
         refused_acknowledgement=refused_ack,
+    )
+
+
+# --- fulfillment: the orders through the ERP, WMS and carrier sandboxes ------------------
+
+#: The ERP's faults in the fault scenario: 30% 429, 20% 5xx, 10% timeout after the commit
+#: (hanging longer than fulfillment's read timeout in the local stack, 1 s).
+ERP_FAULTS: dict[str, Any] = {
+    "rate_429": 0.3,
+    "rate_5xx": 0.2,
+    "rate_timeout_after_commit": 0.1,
+    "hang_seconds": 2,
+}
+#: The storefront's orders of the fault scenario: (line_id, channel SKU, quantity in each).
+FAULT_CART = (("1", "NW-BOLT-M8X50", 2), ("2", "NW-NUT-M8", 3))
+FAULT_ORDERS = 4
+FAULT_CHANNEL = "web-store"  # its API key is in GATEWAY_MASTER_DATA
+_ATTEMPT = re.compile(r"\(attempt (\d+)\)")
+
+
+@dataclass
+class ExceptionRow:
+    """An exception of the workbench (ListExceptions)."""
+
+    stage: str
+    error_code: str
+    state: str
+    attempts: int
+
+
+@dataclass
+class FulfillmentRow:
+    """An order as GetOrderFulfillment shows it."""
+
+    order_id: str
+    label: str  # where it came from, e.g. "web-store WEB-0000001"
+    status: str = "not seen yet"  # by fulfillment (its lifecycle status)
+    channel_id: str = ""
+    open_exception: str = ""  # "<stage> <error code>" of an OPEN exception, if any
+    erp_order_number: str = ""
+    releases: list[str] = field(default_factory=list)  # "CHI-1 SHIPPED"
+    shipments: list[str] = field(default_factory=list)  # ERP item fulfillment (IF-) or WMS ids
+    invoices: list[str] = field(default_factory=list)  # ERP invoice numbers
+    booking_attempts: int = 0  # ErpOrderBooked.attempts (from the order's timeline)
+    exceptions: list[ExceptionRow] = field(default_factory=list)
+    fixed: str = ""  # what was fixed on the exception workbench, and why
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "COMPLETED" and not self.open_exception
+
+    @property
+    def shown_status(self) -> str:
+        """The status with the EXCEPTION overlay the gateway's order view shows (fulfillment's
+        own view keeps the lifecycle status and lists the open exception)."""
+        return "EXCEPTION" if self.open_exception else self.status
+
+
+@dataclass
+class FulfillmentDemo:
+    rows: list[FulfillmentRow]
+    seconds: float  # until all were COMPLETED (or the timeout)
+    timeout: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(row.completed for row in self.rows)
+
+
+@dataclass
+class ErpFaultDemo:
+    before: dict[str, Any]  # the ERP's fault settings before the scenario
+    faults: dict[str, Any]  # while the orders ran
+    restored: dict[str, Any]  # and after it
+    rows: list[FulfillmentRow]
+    seconds: float
+    timeout: float
+    sales_orders: dict[str, int]  # order id → sales orders the ERP holds for it
+    restocked: list[tuple[str, str, int]]
+    positions_after: list[PositionRow]
+    error: str = ""  # what went wrong, if something did
+
+    @property
+    def ok(self) -> bool:
+        faulted = all(self.faults.get(name) == value for name, value in ERP_FAULTS.items())
+        restored = all(self.restored.get(name) == self.before.get(name) for name in ERP_FAULTS)
+        return (
+            not self.error
+            and faulted
+            and restored
+            and len(self.rows) == FAULT_ORDERS
+            and all(row.completed for row in self.rows)
+            and all(self.sales_orders.get(row.order_id) == 1 for row in self.rows)
+            and all(e.state != "OPEN" for row in self.rows for e in row.exceptions)
+        )
+
+
+def _name(enum: Any, value: int, prefix: str) -> str:
+    return str(enum.Name(value)).removeprefix(prefix)
+
+
+def _fill_row(row: FulfillmentRow, found: Any) -> None:
+    """``row`` from an OrderFulfillment message."""
+    from dwf.common.v1 import common_pb2
+    from dwf.fulfillment.v1 import fulfillment_pb2 as fpb
+
+    row.status = _name(common_pb2.OrderStatus, found.status, "ORDER_STATUS_")
+    row.channel_id = found.channel_id
+    row.open_exception = next(
+        (
+            f"{_name(fpb.WorkflowStage, e.stage, 'WORKFLOW_STAGE_')} {e.error_code}"
+            for e in found.exceptions
+            if e.state == fpb.EXCEPTION_STATE_OPEN
+        ),
+        "",
+    )
+    row.erp_order_number = found.erp_order_number
+    row.releases = [
+        f"{fo.warehouse_id} "
+        + _name(fpb.FulfillmentOrderState, fo.state, "FULFILLMENT_ORDER_STATE_")
+        for fo in found.fulfillment_orders
+    ]
+    row.shipments = [s.erp_shipment_reference or s.wms_shipment_id for s in found.shipments]
+    row.invoices = [i.erp_invoice_number for i in found.invoices]
+    for entry in found.timeline:
+        if entry.stage == fpb.WORKFLOW_STAGE_ERP_BOOKING:
+            attempt = _ATTEMPT.search(entry.summary)
+            if attempt is not None:
+                row.booking_attempts = int(attempt.group(1))
+
+
+def workbench_customer(channel_id: str) -> str:
+    """The ERP customer account a channel's anonymous orders are booked to."""
+    return f"CUST-{channel_id.upper()}"
+
+
+async def _fix_missing_customer(stub: Any, row: FulfillmentRow, found: Any) -> None:
+    """What an operator does with an order the ERP refused for want of a customer (a
+    marketplace order: the marketplace does not name its buyer as an account): on the
+    exception workbench, RetryException with the channel's account as the customer."""
+    import uuid
+
+    from dwf.fulfillment.v1 import fulfillment_pb2 as fpb
+
+    for record in found.exceptions:
+        if (
+            record.state == fpb.EXCEPTION_STATE_OPEN
+            and fpb.EXCEPTION_ACTION_FIX_DATA_AND_RETRY in record.safe_actions
+            and "customer_id" in record.error_message
+        ):
+            customer = workbench_customer(found.channel_id)
+            await stub.RetryException(
+                fpb.RetryExceptionRequest(
+                    request_id=str(uuid.uuid4()),
+                    exception_id=record.exception_id,
+                    fix=fpb.ExceptionFix(customer_id=customer),
+                    note=f"demo: {found.channel_id} orders are booked to account {customer}",
+                ),
+                timeout=5,
+            )
+            refusal = record.error_message.split(f"{record.error_code}: ", 1)[-1]
+            row.fixed = (
+                f"ERP {record.error_code} '{refusal}' → RetryException with customer_id {customer}"
+            )
+            row.open_exception = ""
+            return
+
+
+async def _follow_orders(
+    stub: Any,
+    rows: list[FulfillmentRow],
+    timeout: float,
+    progress: Callable[[list[FulfillmentRow]], None] | None,
+    *,
+    fix_missing_customers: bool = False,
+) -> float:
+    """Poll GetOrderFulfillment until every order is COMPLETED or ``timeout`` passed; answers
+    the seconds it took. With ``fix_missing_customers``, an order the ERP refused for want of
+    a customer is retried once on the workbench with its channel's account."""
+    import time
+
+    from dwf.fulfillment.v1 import fulfillment_pb2 as fpb
+
+    started = time.monotonic()
+    to_fix: list[tuple[FulfillmentRow, Any]] = []
+    while True:
+        for row in rows:
+            if row.completed:
+                continue
+            try:
+                answer = await stub.GetOrderFulfillment(
+                    fpb.GetOrderFulfillmentRequest(order_id=row.order_id), timeout=5
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: not consumed yet
+                    row.status = f"({error.code().name})"
+                continue
+            _fill_row(row, answer.fulfillment)
+            if fix_missing_customers and row.open_exception and not row.fixed:
+                to_fix.append((row, answer.fulfillment))
+        if progress is not None:
+            progress(rows)
+        for row, found in to_fix:  # after showing the exception
+            await _fix_missing_customer(stub, row, found)
+        to_fix.clear()
+        elapsed = time.monotonic() - started
+        if all(row.completed for row in rows) or elapsed > timeout:
+            return elapsed
+        await asyncio.sleep(0.25)  # polling fulfillment's view of the orders
+
+
+async def run_fulfillment_demo(
+    address: str,
+    orders: Sequence[tuple[str, str]],
+    *,
+    timeout: float = 60,
+    progress: Callable[[list[FulfillmentRow]], None] | None = None,
+) -> FulfillmentDemo:
+    """Follow ``orders`` ((order id, label), e.g. the gateway demo's) through fulfillment —
+    ERP booking, allocation, WMS release, shipments, ERP posting and invoices — until each is
+    COMPLETED, within ``timeout`` seconds. An order the ERP refuses for want of a customer
+    (the marketplace's) is fixed on the exception workbench, as an operator would."""
+    from dwf.fulfillment.v1 import fulfillment_pb2_grpc
+
+    rows = [FulfillmentRow(order_id, label) for order_id, label in orders]
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = fulfillment_pb2_grpc.FulfillmentServiceStub(channel)
+        seconds = await _follow_orders(stub, rows, timeout, progress, fix_missing_customers=True)
+    return FulfillmentDemo(rows=rows, seconds=seconds, timeout=timeout)
+
+
+async def _exceptions_of(stub: Any, order_id: str) -> list[ExceptionRow]:
+    from dwf.fulfillment.v1 import fulfillment_pb2 as fpb
+
+    answer = await stub.ListExceptions(
+        fpb.ListExceptionsRequest(
+            order_id=order_id,
+            states=[
+                fpb.EXCEPTION_STATE_OPEN,
+                fpb.EXCEPTION_STATE_RETRYING,
+                fpb.EXCEPTION_STATE_RESOLVED,
+            ],
+            page_size=100,
+        ),
+        timeout=5,
+    )
+    return [
+        ExceptionRow(
+            stage=_name(fpb.WorkflowStage, e.stage, "WORKFLOW_STAGE_"),
+            error_code=e.error_code,
+            state=_name(fpb.ExceptionState, e.state, "EXCEPTION_STATE_"),
+            attempts=e.attempts,
+        )
+        for e in answer.exceptions
+    ]
+
+
+async def run_erp_fault_demo(
+    gateway_address: str,
+    fulfillment_address: str,
+    inventory_address: str,
+    erp_url: str,
+    *,
+    run: str,
+    timeout: float = 60,
+    progress: Callable[[list[FulfillmentRow]], None] | None = None,
+) -> ErpFaultDemo:
+    """The ERP misbehaves (``ERP_FAULTS``, set through its admin API) while the web store
+    sends ``FAULT_ORDERS`` new orders: each still reaches COMPLETED, and the ERP holds exactly
+    one sales order per order however often fulfillment had to try (the per-order counts come
+    from the ERP's ``GET /_admin/sales-orders``; the retries from ErpOrderBooked.attempts and
+    the exception workbench). The ERP's settings are restored afterwards, and what the orders
+    took from stock is received again (``restock_sold``)."""
+    import time
+    import uuid
+
+    import httpx
+
+    from dwf.common.v1 import common_pb2
+    from dwf.fulfillment.v1 import fulfillment_pb2_grpc
+    from dwf.inventory.v1 import inventory_pb2_grpc
+    from dwf.order.v1 import order_gateway_pb2 as pb
+    from dwf.order.v1 import order_gateway_pb2_grpc
+
+    document = json.loads(GATEWAY_MASTER_DATA.read_text())
+    key = next(
+        c["api_key"] for c in document["credentials"] if c.get("channel_id") == FAULT_CHANNEL
+    )
+    web = [("authorization", f"Bearer {key}")]
+    rows: list[FulfillmentRow] = []
+    settings: dict[str, Any] = {}
+    faults: dict[str, Any] = {}
+    restored: dict[str, Any] = {}
+    sales_orders: dict[str, int] = {}
+    seconds, error = 0.0, ""
+    async with grpc.aio.insecure_channel(inventory_address) as channel:
+        stock_before = await stock_levels(inventory_pb2_grpc.InventoryServiceStub(channel))
+    async with httpx.AsyncClient(base_url=erp_url, timeout=10, trust_env=False) as erp:
+        settings = (await erp.get("/_admin/faults")).raise_for_status().json()
+        try:
+            faults = (await erp.post("/_admin/faults", json=ERP_FAULTS)).raise_for_status().json()
+            async with (
+                grpc.aio.insecure_channel(gateway_address) as gateway_channel,
+                grpc.aio.insecure_channel(fulfillment_address) as fulfillment_channel,
+            ):
+                gateway = order_gateway_pb2_grpc.OrderGatewayServiceStub(gateway_channel)
+                fulfillment = fulfillment_pb2_grpc.FulfillmentServiceStub(fulfillment_channel)
+                for n in range(1, FAULT_ORDERS + 1):
+                    channel_order_id = f"WEB-{run}-F{n}"
+                    accepted = await gateway.AcceptOrder(
+                        pb.AcceptOrderRequest(
+                            request_id=str(uuid.uuid4()),
+                            channel=common_pb2.ChannelReference(
+                                channel_id=FAULT_CHANNEL, channel_order_id=channel_order_id
+                            ),
+                            customer=common_pb2.Customer(
+                                channel_customer_id=f"cust-{5000 + n}",
+                                name=f"Demo Buyer {n}",
+                                email=f"buyer{n}@example.com",
+                            ),
+                            ship_to=common_pb2.PostalAddress(
+                                name=f"Demo Buyer {n}",
+                                lines=[f"{100 * n} N Wabash Ave"],
+                                locality="Chicago",
+                                administrative_area="IL",
+                                postal_code="60602",
+                                region_code="US",
+                            ),
+                            lines=[
+                                common_pb2.OrderLine(
+                                    line_id=line_id,
+                                    channel_sku=sku,
+                                    quantity=common_pb2.Quantity(
+                                        value=quantity, unit_of_measure="EA"
+                                    ),
+                                    unit_price=common_pb2.Money(
+                                        currency_code="USD", units=1, nanos=250_000_000
+                                    ),
+                                )
+                                for line_id, sku, quantity in FAULT_CART
+                            ],
+                            shipping_method="STANDARD",
+                            payment_reference=f"pi_demo_{run}_f{n}",
+                        ),
+                        metadata=web,
+                        timeout=10,
+                    )
+                    rows.append(
+                        FulfillmentRow(
+                            accepted.order.order_id, f"{FAULT_CHANNEL} {channel_order_id}"
+                        )
+                    )
+                seconds = await _follow_orders(fulfillment, rows, timeout, progress)
+                listed = (await erp.get("/_admin/sales-orders")).raise_for_status().json()
+                for order in listed["items"]:
+                    reference = order["external_reference"]
+                    sales_orders[reference] = sales_orders.get(reference, 0) + 1
+                for row in rows:
+                    row.exceptions = await _exceptions_of(fulfillment, row.order_id)
+        except (grpc.aio.AioRpcError, httpx.HTTPError) as failed:
+            error = f"{type(failed).__name__}: {failed}"
+        finally:
+            restore = {name: settings[name] for name in ERP_FAULTS if name in settings}
+            started = time.monotonic()
+            while True:  # the admin API has no faults, but be patient with a busy sandbox
+                try:
+                    answer = await erp.post("/_admin/faults", json=restore)
+                    restored = answer.raise_for_status().json()
+                    break
+                except httpx.HTTPError:
+                    if time.monotonic() - started > 10:
+                        raise
+                    await asyncio.sleep(0.2)
+            restocked, _ = await restock_sold(inventory_address, f"{run}-ERP-FAULTS", stock_before)
+            positions_after = await stock_positions(inventory_address)
+    return ErpFaultDemo(
+        before=settings,
+        faults=faults,
+        restored=restored,
+        rows=rows,
+        seconds=seconds,
+        timeout=timeout,
+        sales_orders=sales_orders,
+        restocked=restocked,
+        positions_after=positions_after,
+        error=error,
     )
 
 

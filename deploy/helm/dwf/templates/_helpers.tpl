@@ -141,6 +141,11 @@ Context: dict "root" $ "key" "inventory"
 {{- if $v.sandboxes.channel.enabled }}{{ $channel = include "dwf.sandboxUrl" (dict "root" $root "name" "channel") }}{{ end -}}
 {{- with $erp }}{{ $_ := set $env "DWF_ERP_URL" . }}{{ end -}}
 {{- with $wms }}{{ $_ := set $env "DWF_WMS_URL" . }}{{ end -}}
+{{- /* fulfillment's connectors read their own names (services/fulfillment/connectors/settings.py) */}}
+{{- if eq .key "fulfillment" }}
+{{- with $erp }}{{ $_ := set $env "DWF_FULFILLMENT_ERP_URL" . }}{{ end -}}
+{{- with $wms }}{{ $_ := set $env "DWF_FULFILLMENT_WMS_URL" . }}{{ end -}}
+{{- end }}
 {{- with $channel }}{{ $_ := set $env "DWF_CHANNEL_WEBHOOK_URL" . }}{{ end -}}
 {{- $_ := set $env "OTEL_SERVICE_NAME" (printf "dwf-%s" $component) -}}
 {{- $attrs := list "service.namespace=dwf" (printf "k8s.namespace.name=%s" $root.Release.Namespace) (printf "service.version=%s" ($v.image.tag | default $root.Chart.AppVersion)) -}}
