@@ -88,8 +88,8 @@ SANDBOX_DEFAULTS: dict[str, dict[str, str]] = {
 FULFILLMENT_STACK_ENV = {
     "DWF_FULFILLMENT_TASK_POLL_SECONDS": "0.2",
     "DWF_FULFILLMENT_WMS_POLL_SECONDS": "0.2",
-    "DWF_FULFILLMENT_RETRY_BACKOFF_BASE_SECONDS": "0.2",
-    # Read by both the workflow (step backoff) and the connectors (backoff within a call).
+    "DWF_FULFILLMENT_STEP_BACKOFF_BASE_SECONDS": "0.2",
+    "DWF_FULFILLMENT_STEP_BACKOFF_MAX_SECONDS": "2",
     "DWF_FULFILLMENT_RETRY_BACKOFF_MAX_SECONDS": "2",
     "DWF_FULFILLMENT_RETRY_BACKOFF_INITIAL_SECONDS": "0.1",
     # Shorter than the demo's ERP hang (timeout after commit), so that it times out.

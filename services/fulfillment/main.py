@@ -53,8 +53,8 @@ def build_spec(
                 lease_seconds=config.task_lease_seconds,
                 poll_seconds=config.task_poll_seconds,
                 concurrency=config.task_concurrency,
-                backoff_base_seconds=config.retry_backoff_base_seconds,
-                backoff_max_seconds=config.retry_backoff_max_seconds,
+                backoff_base_seconds=config.step_backoff_base_seconds,
+                backoff_max_seconds=config.step_backoff_max_seconds,
             )
             workflow = Workflow(
                 runtime,

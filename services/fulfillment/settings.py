@@ -25,10 +25,10 @@ class WorkflowSettings(BaseSettings):
     )
     task_poll_seconds: float = Field(0.5, gt=0, description="Idle poll of the task engine.")
     task_concurrency: int = Field(16, ge=1, description="Steps run at once per replica.")
-    retry_backoff_base_seconds: float = Field(
+    step_backoff_base_seconds: float = Field(
         1.0, gt=0, description="Backoff of a failed step after its first failure (doubles)."
     )
-    retry_backoff_max_seconds: float = Field(60.0, gt=0, description="Largest step backoff.")
+    step_backoff_max_seconds: float = Field(60.0, gt=0, description="Largest step backoff.")
     ack_sla_seconds: float = Field(
         300.0, gt=0, description="How long a WMS may take to acknowledge a release."
     )

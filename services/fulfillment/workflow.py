@@ -470,7 +470,8 @@ class Workflow:
                     warehouse_id=shipped.warehouse_id,
                     kind=inv.MOVEMENT_KIND_SHIPMENT,
                     quantity_delta=-line.quantity,
-                    reference=shipped.wms_shipment_id,
+                    # Our shipment id: WMS shipment ids repeat across WMSs and warehouses.
+                    reference=shipped.shipment_id,
                     order_id=shipped.order_id,
                     line_id=line.line_id,
                     occurred_at=shipped.shipped_at,

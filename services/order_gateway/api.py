@@ -794,10 +794,12 @@ class OrderGatewayService(order_gateway_pb2_grpc.OrderGatewayServiceServicer):
             line.substituted_for_sku = ""
             if not line.quantity.unit_of_measure:
                 line.quantity.unit_of_measure = domain.BASE_UNIT
-        if not canonical.customer.customer_id and canonical.customer.channel_customer_id:
-            canonical.customer.customer_id = master.customer_id(
-                channel.channel_id, canonical.customer.channel_customer_id
-            )
+        if not canonical.customer.customer_id:
+            canonical.customer.customer_id = (
+                master.customer_id(channel.channel_id, canonical.customer.channel_customer_id)
+                if canonical.customer.channel_customer_id
+                else ""
+            ) or channel.default_customer_id
         return Prepared(canonical, channel, content_hash(canonical))
 
     async def accept(self, session: AsyncSession, prepared: Prepared) -> pb.AcceptOrderResponse:

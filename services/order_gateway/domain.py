@@ -43,6 +43,7 @@ class Channel:
     rate_limit_per_second: float = 100.0
     rate_limit_burst: int = 200
     token_secret: str | None = None
+    default_customer_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ class ChannelDoc(_Strict):
     rate_limit_per_second: float = Field(100.0, gt=0)
     rate_limit_burst: int = Field(200, ge=1)
     token_secret: Annotated[str, StringConstraints(min_length=32)] | None = None
+    default_customer_id: str = ""
     units: dict[NonEmpty, NonEmpty] = {}
     sku_aliases: dict[NonEmpty, NonEmpty] = {}
     customer_aliases: dict[NonEmpty, NonEmpty] = {}
@@ -227,6 +228,7 @@ async def read_master_data(connection: AsyncConnection | AsyncSession) -> Master
             rate_limit_per_second=row.rate_limit_per_second,
             rate_limit_burst=row.rate_limit_burst,
             token_secret=row.token_secret,
+            default_customer_id=row.default_customer_id,
         )
         for row in (await connection.execute(select(channel))).all()
     }
@@ -279,6 +281,7 @@ def master_data_json(data: MasterData) -> str:
                 "status_vocabulary": dict(ch.status_vocabulary),
                 "rate_limit_per_second": ch.rate_limit_per_second,
                 "rate_limit_burst": ch.rate_limit_burst,
+                "default_customer_id": ch.default_customer_id,
                 "units": {
                     u: c for (cid, u), c in data.channel_units.items() if cid == ch.channel_id
                 },

@@ -35,6 +35,8 @@ channel = Table(
     Column("rate_limit_burst", Integer, nullable=False, server_default=text("200")),
     # HS256 secret of the channel's signed tokens; NULL = API keys only.
     Column("token_secret", Text),
+    # ERP customer of orders that name no customer of their own (e.g. marketplace orders).
+    Column("default_customer_id", Text, nullable=False, server_default=""),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
 )
 

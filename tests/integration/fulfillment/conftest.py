@@ -90,8 +90,8 @@ async def fulfillment(
             inventory_target=f"127.0.0.1:{gateway.inventory.app.bound_port}",
             task_poll_seconds=0.1,
             wms_poll_seconds=0.05,
-            retry_backoff_base_seconds=0.05,
-            retry_backoff_max_seconds=0.5,
+            step_backoff_base_seconds=0.05,
+            step_backoff_max_seconds=0.5,
             ack_sla_seconds=10,
         )
         connectors = ConnectorSettings(

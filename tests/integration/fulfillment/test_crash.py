@@ -49,8 +49,8 @@ async def start(
             "DWF_FULFILLMENT_WMS_POLL_SECONDS": "0.05",
             # A killed replica's steps are taken over once its lease runs out.
             "DWF_FULFILLMENT_TASK_LEASE_SECONDS": "3",
-            "DWF_FULFILLMENT_RETRY_BACKOFF_BASE_SECONDS": "0.1",
-            "DWF_FULFILLMENT_RETRY_BACKOFF_MAX_SECONDS": "1",
+            "DWF_FULFILLMENT_STEP_BACKOFF_BASE_SECONDS": "0.1",
+            "DWF_FULFILLMENT_STEP_BACKOFF_MAX_SECONDS": "1",
             "DWF_FULFILLMENT_READ_TIMEOUT_SECONDS": "2",
             "DWF_FULFILLMENT_ERP_REQUESTS_PER_SECOND": "1000",
         }

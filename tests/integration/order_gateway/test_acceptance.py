@@ -191,3 +191,18 @@ async def test_unknown_unit_names_the_field(gateway: Gateway) -> None:
     bad = next(d for d in details(refused.value) if isinstance(d, error_details_pb2.BadRequest))
     assert [v.field for v in bad.field_violations] == ["lines[0].quantity.unit_of_measure"]
     assert reason(refused.value) == "UNKNOWN_UNIT"
+
+
+async def test_customer_from_alias_or_channel_default(gateway: Gateway) -> None:
+    channel = await gateway.channel(
+        customer_aliases={"buyer-7": "C-777"}, default_customer_id="C-MARKETPLACE"
+    )
+    (sku,) = await gateway.skus([10])
+    known = order_request(channel, [(sku, 1)])
+    known.customer.channel_customer_id = "buyer-7"
+    anonymous = order_request(channel, [(sku, 1)])
+    answers = [
+        await gateway.stub.AcceptOrder(request, metadata=channel.auth)
+        for request in (known, anonymous)
+    ]
+    assert [a.order.customer.customer_id for a in answers] == ["C-777", "C-MARKETPLACE"]
