@@ -125,6 +125,29 @@ def _read_document(path: Path) -> Any:
         raise typer.Exit(1) from exc
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sandbox(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="erp, wms, carrier or channel")],
+) -> None:
+    """Run one HTTP sandbox in the foreground (the container entrypoint of staging sandboxes);
+    the remaining options go to it, e.g. ``--host 0.0.0.0 --port 8080``. The ERP, WMS and
+    carrier read their token from DWF_<NAME>_TOKEN."""
+    import sys
+
+    modules = {
+        "erp": "stack.sandboxes.erp",
+        "wms": "stack.sandboxes.wms",
+        "carrier": "stack.sandboxes.carrier",
+        "channel": "stack.sandbox_channel",
+    }
+    if name not in modules:
+        raise typer.BadParameter(f"one of {', '.join(modules)}", param_hint="NAME")
+    module = importlib.import_module(modules[name])
+    sys.argv = [modules[name], *ctx.args]
+    module.main()
+
+
 @app.command("gateway-load")
 def gateway_load(
     path: Annotated[
