@@ -242,10 +242,16 @@ async def test_unimplemented_rpc_answers_unimplemented_with_error_info(
     from grpc_status import rpc_status
 
     from dwf.fulfillment.v1 import fulfillment_pb2, fulfillment_pb2_grpc
-    from services.fulfillment.main import SPEC
 
+    def register(server: grpc.aio.Server, runtime: object) -> None:
+        # The generated base servicer: every RPC is "not implemented".
+        fulfillment_pb2_grpc.add_FulfillmentServiceServicer_to_server(
+            fulfillment_pb2_grpc.FulfillmentServiceServicer(), server
+        )
+
+    spec = ServiceSpec(name="fulfillment", grpc_services=[], register=register)
     settings: ServiceSettings = settings_for("fulfillment", databases, nats_server)
-    app = ServiceApp(SPEC, settings)
+    app = ServiceApp(spec, settings)
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.bound_port}") as channel:
