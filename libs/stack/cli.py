@@ -19,18 +19,25 @@ from rich.table import Table
 from chassis.config import SERVICE_NAMES, ServiceSettings
 from stack.scenario import (
     ERP_FAULTS,
+    FAULT_CHANNEL,
     FAULT_ORDERS,
+    SHIPMENT_EMAIL,
+    STATUS_HOOKS,
     ErpFaultDemo,
     FulfillmentDemo,
     FulfillmentRow,
     GatewayDemo,
+    OrderFeed,
+    StatusFeedDemo,
     check_services,
     register_demo_endpoints,
+    register_status_endpoints,
     run_erp_fault_demo,
     run_fulfillment_demo,
     run_gateway_demo,
     run_inventory_demo,
     run_notifications_demo,
+    run_status_feed_demo,
 )
 from stack.supervisor import Stack, StackSettings
 
@@ -258,8 +265,10 @@ async def _demo(stack: Stack) -> bool:
     console.print(table)
     services_ok = all(check.ok for check in checks) and len(checks) == len(SERVICE_NAMES)
 
-    assert stack.sandbox is not None
+    assert stack.sandbox is not None and stack.smtp is not None
     await register_demo_endpoints(stack.services["notifications"].address, stack.sandbox)
+    # Before any order exists: every status change of the demo's orders reaches its channel.
+    await register_status_endpoints(stack.services["notifications"].address, stack.sandbox)
 
     console.rule("inventory: warehouses, stock, a checkout hold")
     inventory = await run_inventory_demo(
@@ -327,6 +336,32 @@ async def _demo(stack: Stack) -> bool:
     )
     _print_erp_faults(faulty, fulfilled, phase_one_booked_once)
 
+    console.rule("notifications: what the channels were told")
+    demo_orders = [
+        (order.order_id, order.channel_id, f"{order.channel_id} {order.channel_order_id}")
+        for order in [gateway.accepted, *gateway.ingested]
+        if order.order_id
+    ]
+    fault_orders = [
+        (row.order_id, row.channel_id or FAULT_CHANNEL, row.label) for row in faulty.rows
+    ]
+    console.print(
+        "each channel has a webhook for the order status feed (dwf.order.v1.OrderStatusChanged) "
+        "in its own vocabulary ("
+        + ", ".join(f"{channel}: {vocabulary}" for channel, (_, vocabulary) in STATUS_HOOKS.items())
+        + f"), registered before the first order; the {SHIPMENT_EMAIL[1]} also emails its "
+        "customers (mailto: = the order's customer) when an order ships:"
+    )
+    with console.status("waiting until every channel was told its orders' last status..."):
+        told = await run_status_feed_demo(
+            stack.services["order_gateway"].address,
+            stack.sandbox,
+            stack.smtp,
+            [*demo_orders, *fault_orders],
+            timeout=30,
+        )
+    _print_status_feed(told, {order_id for order_id, _, _ in demo_orders})
+
     console.rule("notifications: the stock feed to two channels")
     with console.status("waiting for the deliveries, the retries and a replay..."):
         notified = await run_notifications_demo(
@@ -353,6 +388,7 @@ async def _demo(stack: Stack) -> bool:
         and fulfilled.ok
         and faulty.ok
         and phase_one_booked_once
+        and told.ok
         and notified.ok
     )
 
@@ -531,6 +567,125 @@ def _print_erp_faults(
     for sku, warehouse, *quantities in demo.positions_after:
         table.add_row(sku, warehouse, *(str(q) for q in quantities))
     console.print(table)
+
+
+def _print_status_feed(demo: StatusFeedDemo, detailed: set[str]) -> None:
+    """The status updates of the ``detailed`` orders one by one, then every order's verdict,
+    then the shipment emails."""
+    if demo.error:
+        console.print(f"[red]the scenario failed:[/red] {escape(demo.error)}")
+    table = Table(title="what each order's channel webhook received, in order of arrival")
+    for column in ("order → webhook", "seq", "as the channel was told", "signature"):
+        table.add_column(column)
+    for feed in demo.feeds:
+        if feed.order_id not in detailed:
+            continue
+        channel_order = feed.label.removeprefix(f"{feed.channel_id} ")
+        about = [
+            f"{feed.order_id[:8]}…",
+            f"{feed.channel_id} {escape(channel_order)}",
+            f"→ {feed.hook}",
+            f"  ({feed.vocabulary})",
+        ]
+        rows = max(len(feed.updates), len(about))
+        for i in range(rows):
+            update = feed.updates[i] if i < len(feed.updates) else None
+            told, signature = "", ""
+            if update is not None:
+                told = escape(update.status)
+                if not 200 <= update.http_status < 300:
+                    told += f" [red](answered {update.http_status})[/red]"
+                elif update.duplicate:
+                    told += " [yellow](the same event again)[/yellow]"
+                signature = _yes(update.signature_valid is True, "valid", "INVALID")
+            table.add_row(
+                about[i] if i < len(about) else "",
+                str(update.sequence)
+                if update is not None
+                else ("[red]none[/red]" if i == 0 else ""),
+                told,
+                signature,
+                end_section=i == rows - 1,
+            )
+    console.print(table)
+
+    table = Table(title="every demo order: what its channel applied (each event once)")
+    for column in ("order", "sequences", "last told", "signed", "gateway", "ok"):
+        table.add_column(column)
+    for feed in demo.feeds:
+        last = feed.last
+        valid = sum(u.signature_valid is True for u in feed.updates)
+        table.add_row(
+            f"{feed.order_id[:8]}…\n{escape(feed.label)}",
+            " ".join(str(u.sequence) for u in feed.applied) or "[red]none[/red]",
+            escape(last.status) if last else "-",
+            _yes(feed.signed, f"{valid}/{len(feed.updates)}", f"{valid}/{len(feed.updates)}"),
+            f"{feed.status}\n#{feed.status_sequence}",
+            _feed_verdict(feed),
+        )
+    console.print(table)
+
+    table = Table(title="shipment emails the SMTP sink received")
+    for column in ("to", "subject", "tracking numbers in the body", "seq"):
+        table.add_column(column)
+    orders = {feed.order_id: feed for feed in demo.feeds}
+    for mail in demo.mails:
+        of = orders.get(mail.order_id)
+        known = set(of.tracking_numbers) if of else set()
+        to = escape(", ".join(mail.to))
+        if not mail.reply.startswith("250"):
+            to += f" [red](sink: {escape(mail.reply)})[/red]"
+        table.add_row(
+            to,
+            escape(mail.subject),
+            "\n".join(
+                _yes(number in known, number, f"{number} (not the order's)")
+                for number in mail.tracking_numbers
+            )
+            or "[red]none[/red]",
+            str(mail.sequence),
+        )
+    console.print(table)
+    webstore = [f for f in demo.feeds if f.channel_id == SHIPMENT_EMAIL[1]]
+    mailed = [f for f in webstore if demo.mailed(f)]
+    without = [f for f in webstore if not demo.mailed(f)]
+    good = sum(feed.ok for feed in demo.feeds)
+    color = "green" if demo.ok else "red"
+    console.print(
+        f"[{color}]{good} of {len(demo.feeds)} orders' channels were told every status in "
+        f"order[/{color}] (sequences only up, all signatures valid, the last one the order's "
+        f"current status, shipped in the channel's words), {demo.seconds:.1f} s after the "
+        f"fulfillment demos (timeout {demo.timeout:.0f} s); {len(mailed)} of {len(webstore)} "
+        f"{SHIPMENT_EMAIL[1]} customers got a shipment email with their tracking numbers"
+        + (
+            " ([red]none for "
+            + ", ".join(escape(f.customer_email or f.label) for f in without)
+            + "[/red])"
+            if without
+            else ""
+        )
+    )
+
+
+def _yes(ok: bool, yes: str = "yes", no: str = "NO") -> str:
+    return f"[green]{yes}[/green]" if ok else f"[red]{no}[/red]"
+
+
+def _feed_verdict(feed: OrderFeed) -> str:
+    problems = []
+    if not feed.signed:
+        problems.append("unsigned")
+    if not feed.increasing:
+        problems.append("went back")
+    if not feed.caught_up:
+        problems.append("behind")
+    elif not feed.shipped:
+        problems.append("not shipped")
+    if feed.regressions:
+        problems.append(f"{feed.regressions} regressions")
+    if feed.in_flight_max > 1:
+        problems.append(f"{feed.in_flight_max} at once")
+    return _yes(feed.ok and not problems, "yes", escape(", ".join(problems) or "NO"))
 
 
 def _print_gateway(demo: GatewayDemo) -> None:

@@ -5,6 +5,7 @@ end-to-end flow; today it proves all four services are SERVING and discoverable 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -1200,3 +1201,343 @@ def _skus_in(document: Any) -> set[str]:
     if isinstance(document, list):
         return set().union(*(_skus_in(item) for item in document)) if document else set()
     return set()
+
+
+# --- notifications: every channel learns its orders' statuses; the shipment email --------
+
+ORDER_STATUS_EVENT = "dwf.order.v1.OrderStatusChanged"
+#: channel → (its webhook endpoint, which is also its hook on the channel sandbox; the status
+#: vocabulary it speaks). The X12 partner hears canonical JSON here: in "x12" it would get
+#: only 855/856 documents (and its 855 is already the gateway's synchronous answer).
+STATUS_HOOKS: dict[str, tuple[str, str]] = {
+    "web-store": ("web-store-orders", "shopify"),
+    "marketplace": ("marketplace-orders", "amazon"),
+    "b2b-portal": ("b2b-portal-orders", "b2b_portal"),
+    "edi-acme": ("edi-acme-orders", "canonical"),
+}
+SHIPMENT_EMAIL = ("web-store-shipment-email", "web-store")  # endpoint, channel
+#: What each vocabulary says about an order that has shipped (SHIPPED, INVOICED, COMPLETED).
+SHIPPED_STATES: dict[str, frozenset[str]] = {
+    "shopify": frozenset({"fulfilled / authorized", "fulfilled / paid"}),
+    "amazon": frozenset({"Shipped"}),
+    "b2b_portal": frozenset({"SHIPPED", "INVOICED", "COMPLETED"}),
+    "canonical": frozenset({"SHIPPED", "INVOICED", "COMPLETED"}),
+}
+
+
+async def register_status_endpoints(address: str, sandbox: Any) -> None:
+    """Each demo channel's webhook for the order status feed, in its own vocabulary, on the
+    channel sandbox (signed with ``DEMO_SECRET``), and the web store's customer shipment email
+    (a bare ``mailto:``: the order's customer), for SHIPPED and PARTIALLY_SHIPPED only."""
+    import uuid
+
+    from dwf.common.v1 import common_pb2
+    from dwf.notifications.v1 import notifications_pb2 as npb
+    from dwf.notifications.v1 import notifications_pb2_grpc
+
+    endpoints = []
+    for channel_id, (hook, vocabulary) in STATUS_HOOKS.items():
+        sandbox.configure(hook, secret=DEMO_SECRET)
+        endpoints.append(
+            npb.ChannelEndpoint(
+                endpoint_id=hook,
+                channel_id=channel_id,
+                kind=npb.ENDPOINT_KIND_WEBHOOK,
+                url=sandbox.url(hook),
+                secret=DEMO_SECRET,
+                event_types=[ORDER_STATUS_EVENT],
+                vocabulary=vocabulary,
+                enabled=True,
+            )
+        )
+    endpoint_id, channel_id = SHIPMENT_EMAIL
+    endpoints.append(
+        npb.ChannelEndpoint(
+            endpoint_id=endpoint_id,
+            channel_id=channel_id,
+            kind=npb.ENDPOINT_KIND_EMAIL,
+            url="mailto:",
+            event_types=[ORDER_STATUS_EVENT],
+            statuses=[common_pb2.ORDER_STATUS_SHIPPED, common_pb2.ORDER_STATUS_PARTIALLY_SHIPPED],
+            vocabulary=STATUS_HOOKS[channel_id][1],
+            enabled=True,
+        )
+    )
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = notifications_pb2_grpc.NotificationServiceStub(channel)
+        for endpoint in endpoints:
+            await stub.UpsertChannelEndpoint(
+                npb.UpsertChannelEndpointRequest(request_id=str(uuid.uuid4()), endpoint=endpoint),
+                timeout=10,
+            )
+
+
+@dataclass
+class StatusUpdate:
+    """One status delivery a channel's webhook received."""
+
+    sequence: int
+    status: str  # as the channel was told, in its vocabulary
+    signature_valid: bool | None
+    http_status: int  # what the sandbox answered
+    event_id: str
+    duplicate: bool = False  # the same event again (a redelivery: receivers dedupe on it)
+
+
+@dataclass
+class OrderFeed:
+    """What an order's channel was told about it, next to what the gateway says now."""
+
+    order_id: str
+    label: str  # e.g. "web-store WEB-0000001"
+    channel_id: str
+    hook: str
+    vocabulary: str
+    status: str = ""  # the gateway's (canonical) status now
+    status_sequence: int = 0  # and its status_sequence
+    customer_email: str = ""
+    tracking_numbers: list[str] = field(default_factory=list)  # the gateway's, of the order
+    updates: list[StatusUpdate] = field(default_factory=list)
+    in_flight_max: int = 0  # the hook's most concurrent requests of one order
+    regressions: int = 0  # accepted sequences that went backwards (the sandbox's check)
+
+    @property
+    def applied(self) -> list[StatusUpdate]:
+        """What a receiver applies: accepted, each event once."""
+        return [u for u in self.updates if 200 <= u.http_status < 300 and not u.duplicate]
+
+    @property
+    def increasing(self) -> bool:
+        sequences = [u.sequence for u in self.applied]
+        return all(a < b for a, b in itertools.pairwise(sequences))
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.updates) and all(u.signature_valid is True for u in self.updates)
+
+    @property
+    def last(self) -> StatusUpdate | None:
+        applied = self.applied
+        return applied[-1] if applied else None
+
+    @property
+    def caught_up(self) -> bool:
+        """The channel was told the order's current status (the gateway's last sequence)."""
+        last = self.last
+        return (
+            last is not None and self.status_sequence > 0 and last.sequence == self.status_sequence
+        )
+
+    @property
+    def shipped(self) -> bool:
+        last = self.last
+        return last is not None and last.status in SHIPPED_STATES.get(self.vocabulary, ())
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.increasing
+            and self.signed
+            and self.caught_up
+            and self.shipped
+            and self.regressions == 0
+            and self.in_flight_max <= 1
+        )
+
+
+@dataclass
+class ShipmentMail:
+    """A mail the SMTP sink received."""
+
+    to: list[str]
+    subject: str
+    tracking_numbers: list[str]  # found in its body
+    order_id: str  # its X-Dwf-Order-Id
+    sequence: int  # its X-Dwf-Sequence
+    reply: str  # what the sink answered
+
+
+@dataclass
+class StatusFeedDemo:
+    feeds: list[OrderFeed]
+    mails: list[ShipmentMail]
+    seconds: float
+    timeout: float
+    error: str = ""
+
+    def mails_of(self, feed: OrderFeed) -> list[ShipmentMail]:
+        return [m for m in self.mails if m.order_id == feed.order_id]
+
+    def mailed(self, feed: OrderFeed) -> bool:
+        """A shipment email reached the order's customer, naming one of its tracking
+        numbers."""
+        return any(
+            feed.customer_email in mail.to
+            and mail.reply.startswith("250")
+            and set(mail.tracking_numbers) & set(feed.tracking_numbers)
+            for mail in self.mails_of(feed)
+        )
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.error
+            and bool(self.feeds)
+            and all(feed.ok for feed in self.feeds)
+            and any(
+                self.mailed(feed) for feed in self.feeds if feed.channel_id == SHIPMENT_EMAIL[1]
+            )
+        )
+
+
+def _told(vocabulary: str, document: Any) -> str:
+    """The status a channel document states, in its vocabulary's words."""
+    if not isinstance(document, dict):
+        return "?"
+    if vocabulary == "shopify":
+        told = f"{document.get('fulfillment_status')} / {document.get('financial_status')}"
+        if document.get("cancelled"):
+            told += ", cancelled"
+        return told + (", on hold" if document.get("on_hold") else "")
+    if vocabulary == "amazon":
+        told = str(document.get("OrderStatus"))
+        return told + (", IsOnHold" if document.get("IsOnHold") else "")
+    status = str(document.get("status"))
+    lifecycle = document.get("lifecycle_status")
+    return status if lifecycle in (None, status) else f"{lifecycle}, {status}"
+
+
+_TRACKING_LINE = re.compile(r"^\s+\S.*$")
+
+
+def _tracking_in(body: str) -> list[str]:
+    """The tracking numbers of a shipment email: the lines under "Tracking:", each
+    ``<carrier> [(<service>)] <number> [<url>]``."""
+    found: list[str] = []
+    lines = body.splitlines()
+    if "Tracking:" not in lines:
+        return found
+    for line in lines[lines.index("Tracking:") + 1 :]:
+        if not _TRACKING_LINE.match(line):
+            break
+        words = [w for w in line.split() if not w.startswith(("http://", "https://"))]
+        if len(words) >= 2:
+            found.append(words[-1])
+    return found
+
+
+def _mail_row(mail: Any) -> ShipmentMail:
+    message = mail.message()
+    body = message.get_body(preferencelist=("plain",))
+    text = body.get_content() if body is not None else ""
+    try:
+        sequence = int(message.get("X-Dwf-Sequence", "0"))
+    except ValueError:
+        sequence = 0
+    return ShipmentMail(
+        to=list(mail.rcpt_tos),
+        subject=str(message.get("Subject", "")),
+        tracking_numbers=_tracking_in(text),
+        order_id=str(message.get("X-Dwf-Order-Id", "")),
+        sequence=sequence,
+        reply=mail.reply,
+    )
+
+
+async def run_status_feed_demo(
+    gateway_address: str,
+    sandbox: Any,
+    smtp: Any,
+    orders: Sequence[tuple[str, str, str]],
+    *,
+    timeout: float = 30,
+) -> StatusFeedDemo:
+    """What the channels' webhooks (``register_status_endpoints``) were told about ``orders``
+    ((order id, channel id, label)), and the shipment emails the SMTP sink received. Waits,
+    within ``timeout`` seconds, until each order's webhook has been told the order's current
+    status (its status_sequence as the gateway's GetOrder shows it, with the channel's own
+    credential) and each web-store order with a customer email has its shipment email."""
+    import time
+
+    from dwf.common.v1 import common_pb2
+    from dwf.order.v1 import order_gateway_pb2 as pb
+    from dwf.order.v1 import order_gateway_pb2_grpc
+
+    document = json.loads(GATEWAY_MASTER_DATA.read_text())
+    keys = {c["channel_id"]: c["api_key"] for c in document["credentials"] if "channel_id" in c}
+    feeds = [
+        OrderFeed(order_id, label, channel_id, *STATUS_HOOKS[channel_id])
+        for order_id, channel_id, label in orders
+        if channel_id in STATUS_HOOKS
+    ]
+    started = time.monotonic()
+    error = ""
+
+    def read_hooks() -> None:
+        for feed in feeds:
+            hook = sandbox.hook(feed.hook)
+            seen: set[str] = set()
+            feed.updates = []
+            for received in hook.received:
+                if received.order_id != feed.order_id:
+                    continue
+                try:
+                    told = _told(feed.vocabulary, received.json())
+                except ValueError:
+                    told = "(not JSON)"
+                feed.updates.append(
+                    StatusUpdate(
+                        sequence=received.sequence,
+                        status=told,
+                        signature_valid=received.signature_valid,
+                        http_status=received.status,
+                        event_id=received.event_id,
+                        duplicate=received.ok and received.event_id in seen,
+                    )
+                )
+                if received.ok:
+                    seen.add(received.event_id)
+            feed.in_flight_max = hook.max_in_flight_per_order
+            feed.regressions = sum(order == feed.order_id for order, _, _ in hook.regressions)
+
+    def mails() -> list[ShipmentMail]:
+        return [_mail_row(mail) for mail in smtp.mails]
+
+    def mail_awaited(feed: OrderFeed, received: list[ShipmentMail]) -> bool:
+        if feed.channel_id != SHIPMENT_EMAIL[1] or not feed.customer_email:
+            return False
+        return not any(m.order_id == feed.order_id and m.reply.startswith("250") for m in received)
+
+    try:
+        async with grpc.aio.insecure_channel(gateway_address) as channel:
+            stub = order_gateway_pb2_grpc.OrderGatewayServiceStub(channel)
+            while True:
+                for feed in feeds:
+                    if feed.status == "COMPLETED":
+                        continue  # the gateway's view is final
+                    answer = await stub.GetOrder(
+                        pb.GetOrderRequest(order_id=feed.order_id),
+                        metadata=[("authorization", f"Bearer {keys[feed.channel_id]}")],
+                        timeout=5,
+                    )
+                    order = answer.order
+                    feed.status = _name(common_pb2.OrderStatus, order.status, "ORDER_STATUS_")
+                    feed.status_sequence = order.status_sequence
+                    feed.customer_email = order.customer.email
+                    feed.tracking_numbers = [t.tracking_number for t in order.tracking]
+                read_hooks()
+                received = mails()
+                waiting = [f for f in feeds if not f.caught_up or mail_awaited(f, received)]
+                if not waiting or time.monotonic() - started > timeout:
+                    break
+                await asyncio.sleep(0.25)  # polling the gateway and the sandbox's records
+    except grpc.aio.AioRpcError as failed:
+        error = f"GetOrder: {failed.code().name}: {failed.details()}"
+    read_hooks()
+    return StatusFeedDemo(
+        feeds=feeds,
+        mails=mails(),
+        seconds=time.monotonic() - started,
+        timeout=timeout,
+        error=error,
+    )
