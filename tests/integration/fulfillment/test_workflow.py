@@ -42,3 +42,17 @@ async def test_happy_path_to_completed(fulfillment: Fulfillment) -> None:
     assert seen.erp_order_number == view.erp_order_number
     assert seen.lines[0].quantities.shipped == 3
     assert seen.lines[0].quantities.invoiced == 3
+
+
+async def test_split_across_two_warehouses(fulfillment: Fulfillment) -> None:
+    channel = await fulfillment.gateway.channel()
+    (sku,) = await fulfillment.gateway.skus([2])  # EAST-1
+    await fulfillment.gateway.inventory.receive(sku, "WEST-1", 3)
+    order = await fulfillment.accept(channel, [(sku, 5)])
+    view = await fulfillment.until_status(order.order_id, S.ORDER_STATUS_COMPLETED)
+    by_warehouse = {
+        fo.warehouse_id: sum(line.quantity for line in fo.lines) for fo in view.fulfillment_orders
+    }
+    assert by_warehouse == {"EAST-1": 2, "WEST-1": 3}
+    assert len(view.shipments) == 2 and len(view.invoices) == 2
+    assert len(fulfillment.erp_orders(order.order_id)) == 1
