@@ -179,7 +179,7 @@ class Notifications:
         answer = await self.stub.ListDeliveries(pb.ListDeliveriesRequest(page_size=500, **filters))
         return list(answer.deliveries)
 
-    async def settled(self, endpoint_id: str, count: int) -> list[pb.Delivery]:
+    async def settled(self, endpoint_id: str, count: int, timeout: float = 20) -> list[pb.Delivery]:
         """Wait until ``count`` deliveries of the endpoint exist and none is open."""
 
         async def done() -> list[pb.Delivery] | None:
@@ -190,7 +190,7 @@ class Notifications:
             return None
 
         result: list[pb.Delivery] = await eventually(
-            done, timeout=20, what=f"{count} settled deliveries"
+            done, timeout=timeout, what=f"{count} settled deliveries"
         )
         return result
 
