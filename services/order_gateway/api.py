@@ -438,19 +438,7 @@ class OrderGatewayService(order_gateway_pb2_grpc.OrderGatewayServiceServicer):
         v.raise_if_any()
         require_channel(principal, request.channel_id)
         channel = channel_of(master, request.channel_id)
-        resolved, problems = resolve_lines(master, channel.channel_id, request.items)
-        if problems:
-            master = await self.gateway.fresh_master(master, True)
-            resolved, problems = resolve_lines(master, channel.channel_id, request.items)
-        bad_units = [p for p in problems if p.what == "unit"]
-        if bad_units:
-            raise InvalidArgument(
-                [
-                    FieldViolation(f"items[{p.index}].quantity.unit_of_measure", p.message)
-                    for p in bad_units
-                ],
-                reason="UNKNOWN_UNIT",
-            )
+        resolved = await self._resolve_items(master, channel, request.items)
         skus = {line.sku for line in resolved if line is not None}
         positions = await self.gateway.positions.get(skus)
         cold = sorted(skus - positions.keys())
@@ -487,6 +475,26 @@ class OrderGatewayService(order_gateway_pb2_grpc.OrderGatewayServiceServicer):
         if to_promise:
             await self._promise_dates(channel.channel_id, request, to_promise, answers)
         return pb.CheckAvailabilityResponse(items=answers, as_of=ts(oldest))
+
+    async def _resolve_items(
+        self, master: MasterData, channel: domain.Channel, items: Sequence[pb.RequestedItem]
+    ) -> list[ResolvedLine | None]:
+        """Items of a check or hold: an unknown SKU is an answer (UNKNOWN_SKU, a shortfall),
+        an unknown unit is a bad request."""
+        resolved, problems = resolve_lines(master, channel.channel_id, items)
+        if problems:
+            master = await self.gateway.fresh_master(master, True)
+            resolved, problems = resolve_lines(master, channel.channel_id, items)
+        bad_units = [p for p in problems if p.what == "unit"]
+        if bad_units:
+            raise InvalidArgument(
+                [
+                    FieldViolation(f"items[{p.index}].quantity.unit_of_measure", p.message)
+                    for p in bad_units
+                ],
+                reason="UNKNOWN_UNIT",
+            )
+        return resolved
 
     async def _fallback(self, skus: Sequence[str]) -> dict[str, list[domain.Position]]:
         """SKUs the read model has never seen: ask inventory once and remember the answer
@@ -557,19 +565,7 @@ class OrderGatewayService(order_gateway_pb2_grpc.OrderGatewayServiceServicer):
         v.raise_if_any()
         require_channel(principal, request.channel_id)
         channel = channel_of(master, request.channel_id)
-        resolved, problems = resolve_lines(master, channel.channel_id, request.items)
-        if problems:
-            master = await self.gateway.fresh_master(master, True)
-            resolved, problems = resolve_lines(master, channel.channel_id, request.items)
-        bad_units = [p for p in problems if p.what == "unit"]
-        if bad_units:
-            raise InvalidArgument(
-                [
-                    FieldViolation(f"items[{p.index}].quantity.unit_of_measure", p.message)
-                    for p in bad_units
-                ],
-                reason="UNKNOWN_UNIT",
-            )
+        resolved = await self._resolve_items(master, channel, request.items)
         ttl = (
             request.ttl.ToTimedelta().total_seconds()
             if request.HasField("ttl")
