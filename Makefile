@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python -m bench.bench_inventory
 	$(BIN)/python -m bench.bench_notifications
 	$(BIN)/python -m bench.bench_gateway
+	$(BIN)/python -m bench.bench_fulfillment
 
 clean:
 	rm -rf $(VENV) .dwf .pytest_cache .mypy_cache .ruff_cache

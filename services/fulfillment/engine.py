@@ -225,6 +225,9 @@ class TaskEngine:
             )
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Keep up to ``concurrency`` steps running: a free slot is refilled at once, so one
+        slow step (an ERP call timing out) does not hold up the others."""
+        running: set[asyncio.Task[None]] = set()
         async with self.runtime.engine.connect() as listen:
             raw = await listen.get_raw_connection()
             driver = raw.driver_connection
@@ -233,17 +236,32 @@ class TaskEngine:
             try:
                 while not stop.is_set():
                     self._wake.clear()
-                    try:
-                        handled = await self.run_once()
-                    except Exception:
-                        log.exception("claiming tasks failed; retrying")
-                        handled = 0
-                    if handled:
+                    claimed: list[Task] = []
+                    free = self.concurrency - len(running)
+                    if free > 0:
+                        try:
+                            claimed = await self.claim(free)
+                        except Exception:
+                            log.exception("claiming tasks failed; retrying")
+                    for task in claimed:
+                        job = asyncio.create_task(self.execute(task))
+                        running.add(job)
+                        job.add_done_callback(self._finished(running))
+                    if claimed and len(running) < self.concurrency:
                         continue
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll)
+                if running:
+                    await asyncio.wait(running, timeout=self.lease)
             finally:
                 await driver.remove_listener(TASKS_CHANNEL, self._notified)
+
+    def _finished(self, running: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+        def done(job: asyncio.Task[None]) -> None:
+            running.discard(job)
+            self._wake.set()  # a slot is free
+
+        return done
 
     def _notified(self, *_: object) -> None:
         self._wake.set()

@@ -1158,10 +1158,13 @@ class Workflow:
             return
         if not event.release_id:
             return
-        fo = await store.load_fulfillment_order(session, event.release_id, for_update=True)
-        if fo is None:
+        known = await store.load_fulfillment_order(session, event.release_id)
+        if known is None:
             return  # not one of ours (another tenant's release, or a test's)
-        row = await self._order(session, fo.order_id)
+        # Lock order everywhere: the order's row, then its fulfillment order (as the steps do).
+        row = await self._order(session, known.order_id)
+        fo = await store.load_fulfillment_order(session, event.release_id, for_update=True)
+        assert fo is not None
         if isinstance(event, wms_api.ReleaseAcknowledged):
             if fo.state == "RELEASED":
                 await store.update_fulfillment_order(
