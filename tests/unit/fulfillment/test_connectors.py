@@ -396,9 +396,11 @@ async def test_breaker_opens_fails_fast_then_half_opens_and_closes() -> None:
 
 async def test_half_open_lets_one_probe_through_and_a_failed_probe_reopens() -> None:
     gate = asyncio.Event()
+    arrived = asyncio.Event()
 
     async def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/probe":
+            arrived.set()
             await gate.wait()
         return error(503, "DOWN")
 
@@ -407,8 +409,7 @@ async def test_half_open_lets_one_probe_through_and_a_failed_probe_reopens() -> 
         await h.http.request("GET", "/first")
     h.clock.advance(5.0)
     probe = asyncio.create_task(h.http.request("GET", "/probe"))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await asyncio.wait_for(arrived.wait(), 5)  # the probe is at the remote side now
     with pytest.raises(CircuitOpenError):  # the probe is in flight: others still fail fast
         await h.http.request("GET", "/other")
     gate.set()
