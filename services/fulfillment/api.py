@@ -231,7 +231,12 @@ class FulfillmentService(fulfillment_pb2_grpc.FulfillmentServiceServicer):
                         "OVERRIDE_NOT_SUPPORTED",
                         [Violation("STAGE", record.exception_id, f"step {kind}")],
                     )
-                await self.workflow.booked_by_hand(session, task, request.external_reference)
+                await self.workflow.booked(
+                    session,
+                    task,
+                    request.external_reference,
+                    f"booked by hand in the ERP as {request.external_reference}",
+                )
             else:
                 await self.workflow.on_cancel_requested(
                     session,

@@ -252,35 +252,16 @@ class Workflow:
                 f"sales order {booked.sales_order_number} is on credit hold",
             )
         async with self.engine.completing(task) as session:
-            row = await self._order(session, task.order_id)
-            await store.save_order(
-                session, task.order_id, erp_order_number=booked.sales_order_number
-            )
-            events = [
-                PendingEvent(
-                    "order",
-                    task.order_id,
-                    events_pb2.ErpOrderBooked(
-                        order_id=task.order_id,
-                        erp_order_number=booked.sales_order_number,
-                        erp_system=self.erp_system,
-                        booked_at=ts(datetime.now(UTC)),
-                        attempts=task.attempts,
-                    ),
-                ),
-                *await self._set_status(session, row, S.ORDER_STATUS_ERP_BOOKED),
-            ]
-            await self.runtime.events.record_many(session, events)
-            await store.add_timeline(
+            await self.booked(
                 session,
-                task.order_id,
-                fpb.WORKFLOW_STAGE_ERP_BOOKING,
+                task,
+                booked.sales_order_number,
                 f"booked in the ERP as {booked.sales_order_number} (attempt {task.attempts})",
             )
-            await schedule(session, task.order_id, "ALLOCATE", task.order_id)
 
-    async def booked_by_hand(self, session: AsyncSession, task: Task, number: str) -> None:
-        """An operator booked the order in the ERP by hand: continue as if BOOK_ERP had."""
+    async def booked(self, session: AsyncSession, task: Task, number: str, summary: str) -> None:
+        """The order has its ERP sales order (booked by the step, or by hand by an operator):
+        record it, announce it, and allocate next."""
         row = await self._order(session, task.order_id)
         await store.save_order(session, task.order_id, erp_order_number=number)
         events = [
@@ -298,12 +279,7 @@ class Workflow:
             *await self._set_status(session, row, S.ORDER_STATUS_ERP_BOOKED),
         ]
         await self.runtime.events.record_many(session, events)
-        await store.add_timeline(
-            session,
-            task.order_id,
-            fpb.WORKFLOW_STAGE_ERP_BOOKING,
-            f"booked by hand in the ERP as {number}",
-        )
+        await store.add_timeline(session, task.order_id, fpb.WORKFLOW_STAGE_ERP_BOOKING, summary)
         await schedule(session, task.order_id, "ALLOCATE", task.order_id)
 
     async def allocate(self, task: Task) -> None:

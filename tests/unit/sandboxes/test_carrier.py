@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +10,7 @@ import httpx
 
 from stack.sandboxes import carrier
 from stack.sandboxes.common import running
+from tests.integration.harness import eventually
 
 TOKEN = "carrier-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -70,16 +69,14 @@ async def test_tracking_events_appear_over_time() -> None:
         number = labels[0]["tracking_number"]
         first = (await client.get(f"/api/v1/tracking/{number}")).json()
         assert first == {"tracking_number": number, "events": []}
-        deadline = time.monotonic() + 3
-        codes: list[str] = []
-        while "DELIVERED" not in codes:
-            assert time.monotonic() < deadline, codes
-            await asyncio.sleep(0.005)
+
+        async def delivered() -> list[dict[str, Any]] | None:
             events = (await client.get(f"/api/v1/tracking/{number}")).json()["events"]
-            assert [e["code"] for e in events] == ["PICKED_UP", "IN_TRANSIT", "DELIVERED"][
-                : len(events)
-            ]
             codes = [e["code"] for e in events]
+            assert codes == ["PICKED_UP", "IN_TRANSIT", "DELIVERED"][: len(codes)]
+            return list(events) if "DELIVERED" in codes else None
+
+        events = await eventually(delivered, 3, "the parcel to be delivered")
         moments = [e["occurred_at"] for e in events]
         assert moments == sorted(moments) and all(m.endswith("Z") for m in moments)
 

@@ -3,9 +3,7 @@ is observed the way fulfillment sees it, by polling the event feed (with a deadl
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,6 +13,7 @@ import pytest
 
 from stack.sandboxes import wms
 from stack.sandboxes.common import running
+from tests.integration.harness import eventually
 
 TOKEN = "wms-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -50,24 +49,24 @@ class Wms:
         self, done: Callable[[list[Event]], bool], timeout: float = 3.0
     ) -> list[Event]:
         """Every event read so far, once ``done`` holds for them."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        async def read() -> tuple[list[Event]] | None:  # a tuple: an empty feed is an answer
             params = {"after": self.cursor} if self.cursor else {}
             page = (await self.client.get("/api/v1/events", params=params)).json()
             self.seen += page["events"]
             self.cursor = page["next_cursor"]
-            if done(self.seen):
-                return list(self.seen)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"feed never got there: {types(self.seen)}")
-            await asyncio.sleep(0.002)
+            return (list(self.seen),) if done(self.seen) else None
+
+        (found,) = await eventually(read, timeout, "the feed to get there")
+        return list(found)
 
     async def idle(self, timeout: float = 3.0) -> list[Event]:
         """All events, once no simulation is running any more."""
-        deadline = time.monotonic() + timeout
-        while self.app.state.wms.tasks:
-            assert time.monotonic() < deadline, "simulations still running"
-            await asyncio.sleep(0.002)
+
+        async def settled() -> bool:
+            return not self.app.state.wms.tasks
+
+        await eventually(settled, timeout, "the simulations to finish")
         return await self.events_until(lambda _: True)
 
     async def releases(self) -> list[dict[str, Any]]:
