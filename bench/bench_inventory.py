@@ -20,6 +20,7 @@ from google.protobuf import duration_pb2
 from sqlalchemy import text
 
 from bench.support import Servers, echo_process, processes, run_load, servers, service_process
+from chassis.context import new_id
 from chassis.server import Runtime
 from dwf.inventory.v1 import inventory_pb2 as pb
 from dwf.inventory.v1 import inventory_pb2_grpc
@@ -31,13 +32,14 @@ HOT_REQUESTS = int(os.environ.get("DWF_BENCH_HOT_REQUESTS", "6000"))
 HOT_STOCK = HOT_REQUESTS * 2 // 3  # a third of the requests must be refused
 GRPC_REQUESTS = int(os.environ.get("DWF_BENCH_GRPC_REQUESTS", "6000"))
 COLD_SKUS = 1000
+WARM_UP = 500
 WAREHOUSES = [{"code": "BENCH-1", "region_code": "US", "postal_code": "10001", "priority": 1}]
 
 
 def hold(sku: str, quantity: int = 1) -> pb.ReserveRequest:
     return pb.ReserveRequest(
-        request_id=str(uuid.uuid4()),
-        owner=pb.ReservationOwner(type=pb.RESERVATION_OWNER_TYPE_HOLD, owner_id=str(uuid.uuid4())),
+        request_id=new_id(),
+        owner=pb.ReservationOwner(type=pb.RESERVATION_OWNER_TYPE_HOLD, owner_id=new_id()),
         channel_id="web",
         ttl=duration_pb2.Duration(seconds=900),
         lines=[pb.LineItem(line_id="1", sku=sku, quantity=quantity)],
@@ -83,9 +85,11 @@ async def reserved(runtime: Runtime, sku: str) -> int:
 async def store_layer(env: Servers) -> None:
     runtime = Runtime(env.settings("inventory", db_pool_size=32))
     naive_sku, coalesced_sku = f"NAIVE-{uuid.uuid4().hex[:6]}", f"HOT-{uuid.uuid4().hex[:6]}"
+    warm_naive, warm_coalesced = f"WARM-N-{uuid.uuid4().hex[:6]}", f"WARM-C-{uuid.uuid4().hex[:6]}"
     await seed(runtime, None, [naive_sku, coalesced_sku], HOT_STOCK)
+    await seed(runtime, None, [warm_naive, warm_coalesced], WARM_UP)
 
-    async def naive(index: int) -> None:
+    async def naive(index: int, sku: str = naive_sku) -> None:
         # The textbook path: one transaction per request, row lock, guarded update, insert.
         async with runtime.engine.begin() as conn:
             row = (
@@ -94,7 +98,7 @@ async def store_layer(env: Servers) -> None:
                         "SELECT on_hand - reserved - allocated - safety_stock AS atp "
                         "FROM stock_position WHERE sku = :s AND warehouse = 'BENCH-1' FOR UPDATE"
                     ),
-                    {"s": naive_sku},
+                    {"s": sku},
                 )
             ).one()
             if row.atp < 1:
@@ -104,7 +108,7 @@ async def store_layer(env: Servers) -> None:
                     "UPDATE stock_position SET reserved = reserved + 1 "
                     "WHERE sku = :s AND warehouse = 'BENCH-1'"
                 ),
-                {"s": naive_sku},
+                {"s": sku},
             )
             await conn.execute(
                 text(
@@ -117,9 +121,12 @@ async def store_layer(env: Servers) -> None:
 
     service = InventoryService(runtime)
 
-    async def coalesced(index: int) -> None:
-        await service.Reserve(hold(coalesced_sku), None)
+    async def coalesced(index: int, sku: str = coalesced_sku) -> None:
+        await service.Reserve(hold(sku), None)
 
+    # Warm-up of both paths on their own SKUs (connections, prepared statements).
+    await run_load(lambda i: naive(i, warm_naive), WARM_UP, 256)
+    await run_load(lambda i: coalesced(i, warm_coalesced), WARM_UP, 256)
     naive_load = await run_load(naive, HOT_REQUESTS, 256)
     coalesced_load = await run_load(coalesced, HOT_REQUESTS, 256)
     naive_reserved, hot_reserved = (

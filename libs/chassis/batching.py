@@ -1,13 +1,15 @@
-"""Coalescing: callers wait while one writer task turns everything that queued up meanwhile
+"""Coalescing: callers wait while a writer task turns everything that queued up meanwhile
 into a single transaction. Under load a batch grows to ``max_batch`` items; an idle writer
-takes the first item at once, so a lone request pays no added latency."""
+takes the first item at once, so a lone request pays no added latency. With several writers
+one batch's database round trips overlap the next one's, so a writer waiting on the
+database does not leave the queue waiting too."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 log = logging.getLogger("dwf.batching")
@@ -20,15 +22,24 @@ BatchFunction = Callable[[Sequence[ItemT]], Awaitable[Sequence["ResultT | BaseEx
 
 
 class Coalescer(Generic[ItemT, ResultT]):
-    def __init__(self, run: BatchFunction[ItemT, ResultT], max_batch: int = 256) -> None:
+    def __init__(
+        self, run: BatchFunction[ItemT, ResultT], max_batch: int = 256, writers: int = 1
+    ) -> None:
+        if writers < 1:
+            raise ValueError("a coalescer needs at least one writer")
         self.run = run
         self.max_batch = max_batch
+        self.writers = writers
         self._queue: asyncio.Queue[tuple[ItemT, asyncio.Future[ResultT]]] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def submit(self, item: ItemT) -> ResultT:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_forever())
+        if len(self._tasks) < self.writers or any(task.done() for task in self._tasks):
+            self._tasks = [task for task in self._tasks if not task.done()]
+            self._tasks += [
+                asyncio.create_task(self._write_forever())
+                for _ in range(self.writers - len(self._tasks))
+            ]
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
         await self._queue.put((item, future))
         return await future
@@ -55,10 +66,12 @@ class Coalescer(Generic[ItemT, ResultT]):
                     future.set_result(outcome)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+                await task
 
 
 ValueT = TypeVar("ValueT")
@@ -88,3 +101,49 @@ class ExpiringValue(Generic[ValueT]):
                 self._value = await self.load()
                 self._loaded_at = loop.time()
             return self._value
+
+
+KeyT = TypeVar("KeyT", bound=Hashable)
+
+
+class SharedReads(Generic[KeyT, ValueT]):
+    """Identical concurrent reads share one load, without ever answering from a snapshot
+    older than the caller: a caller joins the *next* load of its key, one that starts after
+    it arrived, never one already running (which might predate the caller's own write). So
+    N identical callers cost at most two loads, and each waits at most two loads' time.
+    The shared value is handed to every caller: treat it as read-only."""
+
+    def __init__(self) -> None:
+        self._running: dict[KeyT, asyncio.Task[ValueT]] = {}
+        self._next: dict[KeyT, asyncio.Task[ValueT]] = {}
+
+    async def get(self, key: KeyT, load: Callable[[], Awaitable[ValueT]]) -> ValueT:
+        running = self._running.get(key)
+        if running is None:
+            task = asyncio.ensure_future(self._load(key, load))
+            self._running[key] = task
+        else:
+            task = self._next.get(key) or self._follow(key, running, load)
+        # One caller giving up (deadline, cancel) must not cancel the others' load.
+        return await asyncio.shield(task)
+
+    def _follow(
+        self, key: KeyT, running: asyncio.Task[ValueT], load: Callable[[], Awaitable[ValueT]]
+    ) -> asyncio.Task[ValueT]:
+        async def after() -> ValueT:
+            await asyncio.wait([running])
+            if self._next.get(key) is follower:
+                del self._next[key]
+            self._running[key] = follower
+            return await self._load(key, load)
+
+        follower = asyncio.ensure_future(after())
+        self._next[key] = follower
+        return follower
+
+    async def _load(self, key: KeyT, load: Callable[[], Awaitable[ValueT]]) -> ValueT:
+        try:
+            return await load()
+        finally:
+            if self._running.get(key) is asyncio.current_task():
+                del self._running[key]

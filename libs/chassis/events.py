@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ def event_type(payload: Message) -> str:
     return str(payload.DESCRIPTOR.full_name)
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of event types, asked once per event
 def subject_for(producer: str, type_name: str) -> str:
     """``dwf.inventory.v1.ReservationCreated`` → ``dwf.<producer>.reservation_created.v1``."""
     package, _, message = type_name.rpartition(".")
