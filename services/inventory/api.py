@@ -9,15 +9,21 @@ outbox events). RPCs not overridden here answer UNIMPLEMENTED until their part l
 from __future__ import annotations
 
 import base64
+import dataclasses
+import functools
 import hashlib
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from google.protobuf import timestamp_pb2
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chassis.batching import Coalescer, ExpiringValue
+from chassis.batching import Coalescer, ExpiringValue, SharedReads
+from chassis.context import new_id
 from chassis.errors import (
     AlreadyExists,
     DomainError,
@@ -63,7 +69,12 @@ SUPPLY_KINDS = {
     pb.SUPPLY_KIND_OTHER: "OTHER",
 }
 SUPPLY_ENUM = {name: value for value, name in SUPPLY_KINDS.items()}
+log = logging.getLogger("dwf.inventory")
 MAX_SKUS = 1000
+# Concurrent Reserve batches per process: while one waits on the database the next plans.
+RESERVE_WRITERS = 2
+# A batch whose guard refused (stock moved since its unlocked read) runs again, locked.
+RESERVE_ATTEMPTS = 3
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
@@ -71,7 +82,10 @@ DEFAULT_PAGE = 100
 # --- conversions ------------------------------------------------------------------------
 
 
-def reservation_proto(record: stock.ReservationRecord) -> pb.Reservation:
+def reservation_proto(
+    record: stock.ReservationRecord,
+    stamp: Callable[[datetime | None], timestamp_pb2.Timestamp | None] = ts,
+) -> pb.Reservation:
     return pb.Reservation(
         reservation_id=record.reservation_id,
         owner=pb.ReservationOwner(type=OWNER_ENUM[record.owner_type], owner_id=record.owner_id),
@@ -81,9 +95,9 @@ def reservation_proto(record: stock.ReservationRecord) -> pb.Reservation:
         else pb.RESERVATION_MODE_ALL_OR_NOTHING,
         state=STATE_ENUM[record.state],
         lines=[line_proto(line) for line in record.lines],
-        created_at=ts(record.created_at),
-        updated_at=ts(record.updated_at),
-        expires_at=ts(record.expires_at),
+        created_at=stamp(record.created_at),
+        updated_at=stamp(record.updated_at),
+        expires_at=stamp(record.expires_at),
     )
 
 
@@ -257,6 +271,55 @@ def allocation_proto(
     )
 
 
+def substitute_shortfalls(
+    plan: sourcing.AllocationPlan,
+    allow_backorder: bool,
+    may_substitute: set[str],
+    substitutes: dict[str, list[str]],
+    available: dict[tuple[str, str], int],
+    ranked: list[str],
+) -> tuple[sourcing.AllocationPlan, sourcing.SubstitutionPlan]:
+    """What the plan would backorder (or leave unfilled) of lines that allow substitution,
+    covered where possible by their substitutes' remaining ATP; the plan's shortfalls shrink
+    by what the substitutes cover."""
+    if not substitutes:
+        return plan, sourcing.SubstitutionPlan()
+    short = plan.backorders if allow_backorder else plan.unfilled
+    candidates = [line for line in short if line.line_id in may_substitute]
+    net = dict(available)
+    for key, quantity in plan.taken_atp.items():
+        net[key] = net.get(key, 0) - quantity
+    substituted = sourcing.plan_substitutions(candidates, substitutes, net, ranked)
+    if not substituted.substitutions:
+        return plan, substituted
+    left = {line.line_id: line.quantity for line in substituted.uncovered}
+    tried = {line.line_id for line in candidates}
+    remaining = tuple(
+        sourcing.LineQuantity(line.line_id, line.sku, quantity)
+        for line in short
+        if (quantity := left.get(line.line_id, 0) if line.line_id in tried else line.quantity)
+    )
+    if allow_backorder:
+        return dataclasses.replace(plan, backorders=remaining), substituted
+    return dataclasses.replace(plan, unfilled=remaining), substituted
+
+
+def substitution_allocations(
+    plan: sourcing.SubstitutionPlan,
+) -> list[tuple[str, list[sourcing.Substitution]]]:
+    """Substitutions grouped into allocations per warehouse, a line at most once in each
+    (two substitutes of one line in one warehouse make two allocations)."""
+    groups: list[tuple[str, list[sourcing.Substitution]]] = []
+    for sub in plan.substitutions:
+        for warehouse, members in groups:
+            if warehouse == sub.warehouse and all(m.line_id != sub.line_id for m in members):
+                members.append(sub)
+                break
+        else:
+            groups.append((sub.warehouse, [sub]))
+    return groups
+
+
 def supply_of(row: Any) -> sourcing.Supply:
     return sourcing.Supply(row.supply_id, row.sku, row.warehouse, row.quantity, row.expected_at)
 
@@ -321,8 +384,9 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         self.warehouses = ExpiringValue(self._load_warehouses, ttl_seconds=5.0)
         self.reserve_writer: Coalescer[
             tuple[pb.ReserveRequest, str | None, dict[str, str]], pb.ReserveResponse
-        ] = Coalescer(self._reserve_batch, max_batch=256)
+        ] = Coalescer(self._reserve_batch, max_batch=256, writers=RESERVE_WRITERS)
         runtime.on_close(self.reserve_writer.close)
+        self.availability_reads: SharedReads[bytes, pb.GetAvailabilityResponse] = SharedReads()
 
     async def _load_warehouses(self) -> dict[str, domain.Warehouse]:
         async with self.runtime.sessions() as session:
@@ -358,9 +422,31 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
     async def _reserve_batch(
         self, items: Sequence[tuple[pb.ReserveRequest, str | None, dict[str, str]]]
     ) -> list[pb.ReserveResponse | BaseException]:
-        """Every Reserve that queued up meanwhile, in one transaction: one claim statement
-        for the request ids, one lock of the positions involved, one guarded UPDATE, one
-        INSERT per table, one outbox write. Requests are planned in arrival order."""
+        """Every Reserve that queued up meanwhile, in one transaction. The batch is planned
+        from an unlocked read and the positions are locked last, by the guarded UPDATE, so
+        the hot rows stay locked for one statement and a commit while the next batch does
+        its reads and writes. If the guard refuses (stock moved since the read) or a
+        concurrent batch gave the same owner a reservation first, the batch is rolled back
+        and runs again, locking the positions before it plans."""
+        for attempt in range(RESERVE_ATTEMPTS):
+            last = attempt == RESERVE_ATTEMPTS - 1
+            try:
+                return await self._reserve_batch_once(items, lock_first=attempt > 0)
+            except stock.GuardViolated:
+                if last:
+                    raise
+                log.info("reserve batch of %d planned on moved stock; again, locked", len(items))
+            except IntegrityError as exc:
+                if last or "reservation_active_owner" not in str(exc.orig):
+                    raise
+                log.info("reserve batch of %d raced for an owner; again", len(items))
+        raise AssertionError("unreachable")
+
+    async def _reserve_batch_once(
+        self,
+        items: Sequence[tuple[pb.ReserveRequest, str | None, dict[str, str]]],
+        lock_first: bool,
+    ) -> list[pb.ReserveResponse | BaseException]:
         requests = [request for request, _, _ in items]
         outcomes: list[pb.ReserveResponse | BaseException | None] = [None] * len(requests)
         first_of: dict[str, int] = {}
@@ -380,24 +466,30 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                 else:
                     assert response is not None  # claims commit with their response
                     outcomes[i] = pb.ReserveResponse.FromString(response)
-            known = await stock.known_skus(
-                session, {line.sku for i in todo for line in requests[i].lines}
-            )
+            skus = {line.sku for i in todo for line in requests[i].lines}
+            warehouses = await stock.warehouses_by_code(session)
+            if lock_first:
+                known = await stock.known_skus(session, skus)
+                positions = await stock.lock_positions(session, known, warehouses)
+                now: datetime | None = await stock.now(session)
+            else:
+                snapshot = await stock.read_for_reserve(session, skus)
+                known, positions, now = snapshot.known, snapshot.positions, snapshot.now
             busy = await stock.owners_with_active_reservation(
                 session,
                 {(OWNER_TYPES[requests[i].owner.type], requests[i].owner.owner_id) for i in todo},
             )
-            warehouses = (await stock.warehouses_by_code(session)).values()
             ranked_for: dict[str, list[str]] = {}
             failed: list[str] = []
             planned: list[tuple[int, str, list[str]]] = []
             for i in todo:
                 request = requests[i]
                 owner = (OWNER_TYPES[request.owner.type], request.owner.owner_id)
-                ranked = ranked_for.setdefault(
-                    request.channel_id,
-                    stock.by_priority(stock.eligible(warehouses, request.channel_id)),
-                )
+                ranked = ranked_for.get(request.channel_id)
+                if ranked is None:
+                    ranked = ranked_for[request.channel_id] = stock.by_priority(
+                        stock.eligible(warehouses.values(), request.channel_id)
+                    )
                 error = reserve_refusal(request, known, owner in busy, ranked)
                 if error is not None:
                     outcomes[i] = error
@@ -405,12 +497,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                     continue
                 busy.add(owner)
                 planned.append((i, owner[0], ranked))
-            positions = await stock.lock_positions(
-                session,
-                {line.sku for i, _, _ in planned for line in requests[i].lines},
-                {wh for _, _, ranked in planned for wh in ranked},
-            )
-            now = await stock.now(session)
+            stamp = functools.lru_cache(maxsize=None)(ts)  # one Timestamp per distinct time
             deltas: dict[tuple[str, str], int] = {}
             heads: list[dict[str, Any]] = []
             line_rows: list[dict[str, Any]] = []
@@ -418,6 +505,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             events: list[PendingEvent] = []
             responses: dict[str, pb.ReserveResponse] = {}
             for i, owner_type, ranked in planned:
+                assert now is not None  # a planned request has a known SKU, so a row
                 request = requests[i]
                 mode = (
                     domain.Mode.PARTIAL
@@ -435,7 +523,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                 for key, quantity in plan.take().items():
                     positions[key] = domain.apply_reserve(positions[key], quantity)
                     deltas[key] = deltas.get(key, 0) + quantity
-                reservation_id = str(uuid.uuid4())
+                reservation_id = new_id()
                 ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
                 record = stock.ReservationRecord(
                     reservation_id,
@@ -484,7 +572,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                         }
                         for wh, qty in line.holds.items()
                     )
-                reservation = reservation_proto(record)
+                reservation = reservation_proto(record, stamp)
                 _, correlation_id, trace_headers = items[i]
                 events.append(
                     PendingEvent(
@@ -498,11 +586,12 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                 responses[request.request_id] = pb.ReserveResponse(
                     reservation=reservation, shortfalls=shortfalls
                 )
-            await stock.add_reserved_many(session, deltas)
             await stock.insert_reservations_many(session, heads, line_rows, hold_rows)
             await self.runtime.events.record_many(session, events)
             await store_many(session, "Reserve", responses)
             await unclaim_many(session, "Reserve", failed)
+            # Last: the guarded UPDATE takes the position row locks until the commit.
+            await stock.add_reserved_many(session, deltas)
         for request_id, answer in responses.items():
             outcomes[first_of[request_id]] = answer
         for i, request in enumerate(requests):
@@ -852,6 +941,8 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         v.check(bool(request.order_id), "order_id", "required")
         v.check(bool(request.channel_id), "channel_id", "required")
         check_lines(v, request.lines)
+        for i, code in enumerate(request.excluded_warehouses):
+            v.check(bool(code), f"excluded_warehouses[{i}]", "must not be empty")
         if request.HasField("policy"):
             v.check(request.policy.ranking in (0, *RANKINGS), "policy.ranking", "unknown")
             v.check(request.policy.split_rule in (0, *SPLIT_RULES), "policy.split_rule", "unknown")
@@ -871,6 +962,13 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             ranked = await self._ranked_for(
                 session, request.channel_id, policy, ship_to_of(request)
             )
+            if request.excluded_warehouses:
+                # Not checked against master data: excluding a warehouse that has since
+                # been retired is harmless, and re-sourcing must not fail on it.
+                excluded = set(request.excluded_warehouses)
+                ranked = [wh for wh in ranked if wh not in excluded]
+                if not ranked:  # nowhere left to source or to wait for supply
+                    policy = dataclasses.replace(policy, allow_backorder=False)
             reservation_id = await stock.active_reservation_of(session, ORDER, request.order_id)
             record = (
                 await stock.load_reservation(session, reservation_id, lock=True)
@@ -882,12 +980,26 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                 for line in record.lines:
                     for wh, qty in line.holds.items():
                         reserved[(line.line_id, wh)] = qty
+            may_substitute = {i.line_id for i in request.lines if i.substitution_allowed}
+            substitutes = (
+                await stock.substitutes_of(
+                    session, {line.sku for line in lines if line.line_id in may_substitute}
+                )
+                if may_substitute and policy.split_rule is not sourcing.SplitRule.SHIP_COMPLETE
+                else {}
+            )
             positions = await stock.lock_positions(
-                session, [line.sku for line in lines], set(ranked) | {wh for _, wh in reserved}
+                session,
+                [line.sku for line in lines]
+                + [sku for subs in substitutes.values() for sku in subs],
+                set(ranked) | {wh for _, wh in reserved},
             )
             available = {key: position.sellable for key, position in positions.items()}
             plan = sourcing.plan_allocation(
                 lines, reserved, available, ranked, policy.split_rule, policy.allow_backorder
+            )
+            plan, substituted = substitute_shortfalls(
+                plan, policy.allow_backorder, may_substitute, substitutes, available, ranked
             )
             sku_of = {line.line_id: line.sku for line in lines}
             moves: dict[tuple[str, str], tuple[int, int]] = {}
@@ -902,6 +1014,8 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                 move((sku, wh), 0, qty)
             for (line_id, wh), qty in plan.released_reservation.items():
                 move((sku_of[line_id], wh), -qty, 0)
+            for (sku, wh), qty in substituted.taken_atp().items():
+                move((sku, wh), 0, qty)
             await alloc.move_stock(session, moves)
             if record is not None:
                 await self._take_from_reservation(
@@ -921,6 +1035,15 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                 answer.allocations.append(
                     allocation_proto(allocation_id, planned.warehouse, at, rows)
                 )
+            for warehouse, subs in substitution_allocations(substituted):
+                rows = [(sub.line_id, sub.sku, sub.quantity) for sub in subs]
+                allocation_id, at = await alloc.insert_allocation(
+                    session, request.order_id, request.channel_id, warehouse, rows
+                )
+                made = allocation_proto(allocation_id, warehouse, at, rows)
+                for allocated, sub in zip(made.lines, subs, strict=True):
+                    allocated.substituted_for_sku = sub.substituted_for
+                answer.allocations.append(made)
             created = [
                 await alloc.insert_backorder(
                     session,
@@ -1187,6 +1310,15 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         ]
         if unknown:
             raise InvalidArgument(unknown, reason="UNKNOWN_WAREHOUSE")
+        # Identical concurrent reads (a flash sale's hot SKU) share one query and answer.
+        return await self.availability_reads.get(
+            request.SerializeToString(deterministic=True),
+            lambda: self._availability(request, warehouses),
+        )
+
+    async def _availability(
+        self, request: pb.GetAvailabilityRequest, warehouses: dict[str, domain.Warehouse]
+    ) -> pb.GetAvailabilityResponse:
         async with self.runtime.reads.connect() as conn:
             rows, supplies, as_of = await stock.availability_rows(
                 conn, request.skus, request.warehouse_ids
@@ -1317,8 +1449,12 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         for row in await alloc.allocations_of(session, movement.order_id, lock=True):
             if left == 0:
                 break
-            if (row.line_id, row.warehouse) != (movement.line_id, movement.warehouse):
-                continue
+            if (row.line_id, row.warehouse, row.sku) != (
+                movement.line_id,
+                movement.warehouse,
+                movement.sku,
+            ):
+                continue  # another line, warehouse, or SKU (a line's substitute)
             take = min(left, row.quantity)
             if take > 0:
                 await alloc.change_allocation_line(

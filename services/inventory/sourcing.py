@@ -520,6 +520,65 @@ def _plan(
     )
 
 
+@dataclass(frozen=True)
+class Substitution:
+    """Quantity of a line allocated as a substitute SKU in one warehouse."""
+
+    line_id: str
+    warehouse: str
+    sku: str  # the substitute
+    substituted_for: str  # the SKU the line asked for
+    quantity: int  # > 0
+
+
+@dataclass(frozen=True)
+class SubstitutionPlan:
+    substitutions: tuple[Substitution, ...] = ()
+    # what is still uncovered per line after substitution (quantity > 0 only)
+    uncovered: tuple[LineQuantity, ...] = ()
+
+    def taken_atp(self) -> dict[tuple[str, str], int]:
+        """(substitute sku, warehouse) -> ATP taken."""
+        taken: dict[tuple[str, str], int] = {}
+        for sub in self.substitutions:
+            key = (sub.sku, sub.warehouse)
+            taken[key] = taken.get(key, 0) + sub.quantity
+        return taken
+
+
+def plan_substitutions(
+    uncovered: Sequence[LineQuantity],
+    substitutes: Mapping[str, Sequence[str]],
+    available: Mapping[tuple[str, str], int],
+    ranked: Sequence[str],
+) -> SubstitutionPlan:
+    """Cover what the ordered SKUs could not with their named substitutes: per line in
+    order, each substitute in master-data order, from the best-ranked warehouses with ATP
+    (negative ATP counts as 0). Lines share a substitute's ATP in line order. The caller
+    passes only lines that allow substitution, and ATP net of what the plan already took."""
+    left = {key: max(quantity, 0) for key, quantity in available.items()}
+    substitutions: list[Substitution] = []
+    still: list[LineQuantity] = []
+    for line in uncovered:
+        need = line.quantity
+        for substitute in substitutes.get(line.sku, ()):
+            if substitute == line.sku:
+                continue
+            for warehouse in ranked:
+                if need == 0:
+                    break
+                take = min(need, left.get((substitute, warehouse), 0))
+                if take > 0:
+                    left[(substitute, warehouse)] -= take
+                    need -= take
+                    substitutions.append(
+                        Substitution(line.line_id, warehouse, substitute, line.sku, take)
+                    )
+        if need > 0:
+            still.append(LineQuantity(line.line_id, line.sku, need))
+    return SubstitutionPlan(tuple(substitutions), tuple(still))
+
+
 # --- promises, backorder ETAs and fills ------------------------------------------------------
 
 

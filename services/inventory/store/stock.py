@@ -62,13 +62,34 @@ async def upsert_warehouses(session: AsyncSession, warehouses: Iterable[Mapping[
 
 async def upsert_items(session: AsyncSession, items: Iterable[Mapping[str, Any]]) -> None:
     for row in items:
+        values = {"sku": row["sku"], "description": row.get("description", "")}
+        if "substitutes" in row:  # a document without the key keeps what is there
+            values["substitutes"] = [str(sku) for sku in row["substitutes"]]
         await session.execute(
             insert(item)
-            .values(sku=row["sku"], description=row.get("description", ""))
+            .values(**values)
             .on_conflict_do_update(
-                index_elements=["sku"], set_={"description": row.get("description", "")}
+                index_elements=["sku"], set_={k: v for k, v in values.items() if k != "sku"}
             )
         )
+
+
+async def substitutes_of(session: AsyncSession, skus: Iterable[str]) -> dict[str, list[str]]:
+    """The named substitutes of these SKUs that are themselves known items, best first."""
+    rows = await session.execute(
+        text(
+            """
+            SELECT i.sku, array_agg(s.sku ORDER BY n.position) AS substitutes
+            FROM item AS i
+            CROSS JOIN LATERAL unnest(i.substitutes) WITH ORDINALITY AS n(sku, position)
+            JOIN item AS s ON s.sku = n.sku
+            WHERE i.sku = ANY(CAST(:skus AS text[])) AND s.sku <> i.sku
+            GROUP BY i.sku
+            """
+        ),
+        {"skus": sorted(set(skus))},
+    )
+    return {row.sku: list(row.substitutes) for row in rows}
 
 
 async def set_safety_stock(session: AsyncSession, sku: str, warehouse_code: str, qty: int) -> None:
@@ -132,6 +153,41 @@ async def lock_positions(
         .with_for_update()
     )
     return {(row.sku, row.warehouse): _position(row) for row in rows}
+
+
+_RESERVE_READ = text(
+    """
+    SELECT i.sku, p.warehouse, p.on_hand, p.reserved, p.allocated, p.safety_stock,
+           now() AS now
+    FROM item AS i LEFT JOIN stock_position AS p ON p.sku = i.sku
+    WHERE i.sku = ANY(CAST(:skus AS text[]))
+    """
+)
+
+
+@dataclass(frozen=True)
+class ReserveSnapshot:
+    """What a batch of Reserves plans against: which SKUs exist, their positions, and the
+    transaction's clock."""
+
+    known: set[str]
+    positions: dict[tuple[str, str], StockPosition]
+    now: datetime | None  # None when no SKU is known (nothing will be reserved)
+
+
+async def read_for_reserve(session: AsyncSession, skus: Iterable[str]) -> ReserveSnapshot:
+    """Known SKUs, their positions in every warehouse and now(), in one unlocked read. A
+    plan made from it is only a proposal: the guarded UPDATE decides, under the row lock."""
+    rows = await session.execute(_RESERVE_READ, {"skus": sorted(set(skus))})
+    known: set[str] = set()
+    positions: dict[tuple[str, str], StockPosition] = {}
+    now: datetime | None = None
+    for row in rows:
+        known.add(row.sku)
+        now = row.now
+        if row.warehouse is not None:
+            positions[(row.sku, row.warehouse)] = _position(row)
+    return ReserveSnapshot(known, positions, now)
 
 
 async def read_positions(
@@ -647,6 +703,17 @@ async def on_hand_as_of(
 # --- batched reservation writes (one statement each for a whole coalesced batch) -------
 
 
+_ACTIVE_OWNERS = text(
+    """
+    SELECT r.owner_type, r.owner_id
+    FROM reservation AS r
+    JOIN unnest(CAST(:types AS text[]), CAST(:ids AS text[])) AS o(owner_type, owner_id)
+      ON r.owner_type = o.owner_type AND r.owner_id = o.owner_id
+    WHERE r.state = 'ACTIVE'
+    """
+)
+
+
 async def owners_with_active_reservation(
     session: AsyncSession, owners: Iterable[tuple[str, str]]
 ) -> set[tuple[str, str]]:
@@ -654,10 +721,7 @@ async def owners_with_active_reservation(
     if not wanted:
         return set()
     rows = await session.execute(
-        select(reservation.c.owner_type, reservation.c.owner_id).where(
-            reservation.c.state == ACTIVE,
-            tuple_(reservation.c.owner_type, reservation.c.owner_id).in_(wanted),
-        )
+        _ACTIVE_OWNERS, {"types": [t for t, _ in wanted], "ids": [i for _, i in wanted]}
     )
     return {(row.owner_type, row.owner_id) for row in rows}
 
@@ -693,35 +757,31 @@ async def add_reserved_many(session: AsyncSession, deltas: Mapping[tuple[str, st
     await mark_dirty(session, [key for key, _ in items])
 
 
+# The three tables of a batch of reservations in one statement (one round trip).
 _INSERT_RESERVATIONS = text(
     """
-    INSERT INTO reservation (reservation_id, owner_type, owner_id, channel_id, mode, state,
-                             expires_at)
-    SELECT * FROM unnest(CAST(:reservation_id AS uuid[]), CAST(:owner_type AS text[]),
-                         CAST(:owner_id AS text[]), CAST(:channel_id AS text[]),
-                         CAST(:mode AS text[]), CAST(:state AS text[]),
-                         CAST(:expires_at AS timestamptz[]))
-    """
-)
-_INSERT_RESERVATION_LINES = text(
-    """
-    INSERT INTO reservation_line (reservation_id, line_id, position, sku, requested)
-    SELECT * FROM unnest(CAST(:reservation_id AS uuid[]), CAST(:line_id AS text[]),
-                         CAST(:position AS integer[]), CAST(:sku AS text[]),
-                         CAST(:requested AS bigint[]))
-    """
-)
-_INSERT_RESERVATION_HOLDS = text(
-    """
+    WITH heads AS (
+        INSERT INTO reservation (reservation_id, owner_type, owner_id, channel_id, mode,
+                                 state, expires_at)
+        SELECT * FROM unnest(CAST(:reservation_id AS uuid[]), CAST(:owner_type AS text[]),
+                             CAST(:owner_id AS text[]), CAST(:channel_id AS text[]),
+                             CAST(:mode AS text[]), CAST(:state AS text[]),
+                             CAST(:expires_at AS timestamptz[]))
+    ), lines AS (
+        INSERT INTO reservation_line (reservation_id, line_id, position, sku, requested)
+        SELECT * FROM unnest(CAST(:line_reservation_id AS uuid[]),
+                             CAST(:line_line_id AS text[]), CAST(:line_position AS integer[]),
+                             CAST(:line_sku AS text[]), CAST(:line_requested AS bigint[]))
+    )
     INSERT INTO reservation_hold (reservation_id, line_id, warehouse, quantity)
-    SELECT * FROM unnest(CAST(:reservation_id AS uuid[]), CAST(:line_id AS text[]),
-                         CAST(:warehouse AS text[]), CAST(:quantity AS bigint[]))
+    SELECT * FROM unnest(CAST(:hold_reservation_id AS uuid[]), CAST(:hold_line_id AS text[]),
+                         CAST(:hold_warehouse AS text[]), CAST(:hold_quantity AS bigint[]))
     """
 )
 
 
-def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    return {column: [row[column] for row in rows] for column in rows[0]}
+def _columns(rows: Sequence[Mapping[str, Any]], prefix: str = "") -> dict[str, list[Any]]:
+    return {prefix + column: [row[column] for row in rows] for column in rows[0]}
 
 
 async def insert_reservations_many(
@@ -730,14 +790,20 @@ async def insert_reservations_many(
     lines: Sequence[Mapping[str, Any]],
     holds: Sequence[Mapping[str, Any]],
 ) -> None:
-    """Rows of a whole batch, one fixed-shape statement per table."""
-    for statement, rows in (
-        (_INSERT_RESERVATIONS, heads),
-        (_INSERT_RESERVATION_LINES, lines),
-        (_INSERT_RESERVATION_HOLDS, holds),
-    ):
-        if rows:
-            await session.execute(statement, _columns(rows))
+    """Rows of a whole batch (every head has lines; a line may hold nothing)."""
+    if not heads:
+        return
+    empty_holds: dict[str, list[Any]] = {
+        f"hold_{column}": [] for column in ("reservation_id", "line_id", "warehouse", "quantity")
+    }
+    await session.execute(
+        _INSERT_RESERVATIONS,
+        {
+            **_columns(heads),
+            **_columns(lines, "line_"),
+            **(_columns(holds, "hold_") if holds else empty_holds),
+        },
+    )
 
 
 # --- the availability read path (hot: two fixed statements, no ORM session) ------------

@@ -42,6 +42,8 @@ item = Table(
     Column("sku", Text, primary_key=True),
     Column("description", Text, nullable=False, server_default=""),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # SKUs that may replace this one, best first (used where a line allows substitution).
+    Column("substitutes", ARRAY(Text), nullable=False, server_default=text("'{}'")),
 )
 
 stock_position = Table(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 
 from dwf.common.v1 import common_pb2
 from dwf.inventory.v1 import inventory_pb2 as pb
 from services.inventory.store.allocations import allocations_of
+from services.inventory.store.master_data import load_master_data
 from tests.integration.inventory.conftest import Inventory, stamp
+from tests.integration.inventory.test_reservations import details
 
 pytestmark = pytest.mark.integration
 
@@ -199,3 +202,104 @@ async def test_promise_dates_from_incoming_supply(inventory: Inventory) -> None:
     backordered = await allocate(inventory, f"o-{uuid.uuid4()}", [("1", sku, 4)])
     assert [b.quantity for b in backordered.backorders] == [2]
     assert backordered.backorders[0].expected_at.ToDatetime(UTC) == soon
+
+
+async def test_excluded_warehouses_are_skipped_and_their_reservation_released(
+    inventory: Inventory,
+) -> None:
+    (sku,) = await inventory.new_skus()
+    await inventory.receive(sku, "EAST-1", 4)
+    await inventory.receive(sku, "WEST-1", 4)
+    order_id = f"o-{uuid.uuid4()}"
+    await order_reservation(inventory, order_id, [("1", sku, 3)])  # held at EAST-1
+    answer = await inventory.stub.Allocate(
+        pb.AllocateRequest(
+            request_id=str(uuid.uuid4()),
+            order_id=order_id,
+            channel_id="web",
+            lines=[pb.LineItem(line_id="1", sku=sku, quantity=3)],
+            excluded_warehouses=["EAST-1"],
+        )
+    )
+    assert placed(answer) == {"WEST-1": [("1", 3)]}
+    east, west = await inventory.level(sku, "EAST-1"), await inventory.level(sku, "WEST-1")
+    assert (east.reserved, east.allocated, west.reserved, west.allocated) == (0, 0, 0, 3)
+
+
+async def test_with_every_warehouse_excluded_nothing_is_allocated_or_backordered(
+    inventory: Inventory,
+) -> None:
+    (sku,) = await inventory.new_skus()
+    await inventory.receive(sku, "EAST-1", 4)
+    order_id = f"o-{uuid.uuid4()}"
+    answer = await inventory.stub.Allocate(
+        pb.AllocateRequest(
+            request_id=str(uuid.uuid4()),
+            order_id=order_id,
+            channel_id="web",
+            lines=[pb.LineItem(line_id="1", sku=sku, quantity=2)],
+            policy=pb.SourcingPolicy(allow_backorder=True),
+            excluded_warehouses=["EAST-1", "WEST-1", "RETIRED-9"],
+        )
+    )
+    assert placed(answer) == {} and list(answer.backorders) == []
+    assert [(u.line_id, u.quantity) for u in answer.unfilled] == [("1", 2)]
+
+
+async def test_an_empty_excluded_warehouse_code_is_invalid(inventory: Inventory) -> None:
+    (sku,) = await inventory.new_skus()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await inventory.stub.Allocate(
+            pb.AllocateRequest(
+                request_id=str(uuid.uuid4()),
+                order_id=f"o-{uuid.uuid4()}",
+                channel_id="web",
+                lines=[pb.LineItem(line_id="1", sku=sku, quantity=1)],
+                excluded_warehouses=[""],
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = details(refused.value)
+    assert [v.field for v in found["BadRequest"].field_violations] == [  # type: ignore[attr-defined]
+        "excluded_warehouses[0]"
+    ]
+
+
+async def test_substitutes_cover_a_shortfall_only_where_the_line_allows_it(
+    inventory: Inventory,
+) -> None:
+    ordered, substitute = await inventory.new_skus(2)
+    async with inventory.app.runtime.sessions.begin() as session:
+        await load_master_data(session, {"items": [{"sku": ordered, "substitutes": [substitute]}]})
+    await inventory.receive(ordered, "EAST-1", 1)
+    await inventory.receive(substitute, "WEST-1", 5)
+
+    async def allocate_line(
+        allowed: bool, split: int = pb.SPLIT_RULE_ALLOW_SPLIT
+    ) -> pb.AllocateResponse:
+        return await inventory.stub.Allocate(
+            pb.AllocateRequest(
+                request_id=str(uuid.uuid4()),
+                order_id=f"o-{uuid.uuid4()}",
+                channel_id="web",
+                lines=[
+                    pb.LineItem(line_id="1", sku=ordered, quantity=4, substitution_allowed=allowed)
+                ],
+                policy=pb.SourcingPolicy(split_rule=split, allow_backorder=True),
+            )
+        )
+
+    plain = await allocate_line(False)
+    assert placed(plain) == {"EAST-1": [("1", 1)]}
+    assert [(b.line_id, b.sku, b.quantity) for b in plain.backorders] == [("1", ordered, 3)]
+
+    whole = await allocate_line(True, pb.SPLIT_RULE_SHIP_COMPLETE)  # never substitutes
+    assert placed(whole) == {} and all(b.sku == ordered for b in whole.backorders)
+
+    answer = await allocate_line(True)
+    assert placed(answer) == {"WEST-1": [("1", 4)]}  # EAST-1 has nothing left: all substitute
+    (line,) = answer.allocations[0].lines
+    assert (line.sku, line.substituted_for_sku) == (substitute, ordered)
+    assert list(answer.backorders) == []
+    west = await inventory.level(substitute, "WEST-1")
+    assert (west.on_hand, west.allocated) == (5, 4)

@@ -543,22 +543,29 @@ class LineItem(_message.Message):
     LINE_ID_FIELD_NUMBER: _builtins.int
     SKU_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
+    SUBSTITUTION_ALLOWED_FIELD_NUMBER: _builtins.int
     line_id: _builtins.str
     """Line id, unique within the request (the order line's line_id, or the hold item's id)."""
     sku: _builtins.str
     """Canonical SKU. Required."""
     quantity: _builtins.int
     """Quantity in base units (each). Must be > 0."""
+    substitution_allowed: _builtins.bool
+    """Allocate only: quantity the SKU cannot cover may be allocated as the substitutes master
+    data names for it (items[].substitutes, in that order) before it is backordered. Not
+    under SHIP_COMPLETE. Defaults to false.
+    """
     def __init__(
         self,
         *,
         line_id: _builtins.str = ...,
         sku: _builtins.str = ...,
         quantity: _builtins.int = ...,
+        substitution_allowed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["line_id", b"line_id", "quantity", b"quantity", "sku", b"sku"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line_id", b"line_id", "quantity", b"quantity", "sku", b"sku", "substitution_allowed", b"substitution_allowed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1233,22 +1240,26 @@ class AllocatedLine(_message.Message):
     LINE_ID_FIELD_NUMBER: _builtins.int
     SKU_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
+    SUBSTITUTED_FOR_SKU_FIELD_NUMBER: _builtins.int
     line_id: _builtins.str
     """Order line id."""
     sku: _builtins.str
     """Canonical SKU."""
     quantity: _builtins.int
     """Allocated quantity in base units, > 0."""
+    substituted_for_sku: _builtins.str
+    """Set when sku is a substitute: the SKU the order line asked for."""
     def __init__(
         self,
         *,
         line_id: _builtins.str = ...,
         sku: _builtins.str = ...,
         quantity: _builtins.int = ...,
+        substituted_for_sku: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["line_id", b"line_id", "quantity", b"quantity", "sku", b"sku"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line_id", b"line_id", "quantity", b"quantity", "sku", b"sku", "substituted_for_sku", b"substituted_for_sku"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1359,6 +1370,7 @@ class AllocateRequest(_message.Message):
     LINES_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     BACKORDER_PRIORITY_FIELD_NUMBER: _builtins.int
+    EXCLUDED_WAREHOUSES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155): a UUID chosen by the caller, new for each logical operation.
     A retry with the same request_id returns the first answer; the same request_id with a
@@ -1386,6 +1398,14 @@ class AllocateRequest(_message.Message):
     def policy(self) -> Global___SourcingPolicy:
         """Overrides of the channel's sourcing policy; unset uses the channel's policy entirely."""
 
+    @_builtins.property
+    def excluded_warehouses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Warehouse codes not to source from, e.g. those whose WMS rejected this order's release
+        (re-sourcing). The order's reservation held there is released. When no eligible
+        warehouse is left, nothing is allocated or backordered: the lines come back in
+        AllocateResponse.unfilled.
+        """
+
     def __init__(
         self,
         *,
@@ -1396,10 +1416,11 @@ class AllocateRequest(_message.Message):
         lines: _abc.Iterable[Global___LineItem] | None = ...,
         policy: Global___SourcingPolicy | None = ...,
         backorder_priority: _builtins.int = ...,
+        excluded_warehouses: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "ship_to", b"ship_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backorder_priority", b"backorder_priority", "channel_id", b"channel_id", "lines", b"lines", "order_id", b"order_id", "policy", b"policy", "request_id", b"request_id", "ship_to", b"ship_to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backorder_priority", b"backorder_priority", "channel_id", b"channel_id", "excluded_warehouses", b"excluded_warehouses", "lines", b"lines", "order_id", b"order_id", "policy", b"policy", "request_id", b"request_id", "ship_to", b"ship_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
