@@ -9,10 +9,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/dwf
 WORKDIR /src
 # Dependencies are pinned in pyproject.toml; generated protobuf code is committed (libs/dwf).
+# The sandboxes extra lets the same image run the staging sandboxes (`dwf sandbox channel`).
 COPY pyproject.toml README.md ./
 COPY libs ./libs
 COPY services ./services
-RUN /opt/dwf/bin/pip install . \
+RUN /opt/dwf/bin/pip install ".[sandboxes]" \
  && /opt/dwf/bin/python -m compileall -q /opt/dwf/lib
 
 FROM python:3.11-slim

@@ -12,6 +12,7 @@ import base64
 import copy
 import json
 import re
+import tomllib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -42,6 +43,11 @@ SERVICES = {
     "notifications": "notifications",
 }
 HOOK_PRE = {"pre-install", "pre-upgrade"}
+# The systems fulfillment calls (DWF_FULFILLMENT_<SYSTEM>_URL/_TOKEN), each with a sandbox.
+SYSTEMS = ("erp", "wms", "carrier")
+# Sandbox ports of values.yaml; "channel" is notifications' webhook receiver.
+SANDBOX_PORTS = {"erp": 8080, "wms": 8081, "carrier": 8083, "channel": 8082}
+CONNECTOR_VARS = {f"DWF_FULFILLMENT_{s.upper()}_{v}" for s in SYSTEMS for v in ("URL", "TOKEN")}
 
 Obj = dict[str, Any]
 
@@ -149,6 +155,20 @@ def pod_spec_labels(obj: Obj) -> dict[str, str]:
 
 def container_env(container: Obj) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def effective_env(objects: list[Obj], container: Obj) -> dict[str, Any]:
+    """A container's environment: its envFrom ConfigMaps, then its own env."""
+    env: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        env.update(named(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
+    env.update(container_env(container))
+    return env
+
+
+def sandbox_args(name: str, port: int) -> list[str]:
+    # `dwf sandbox <name>`; the sandboxes listen on 127.0.0.1 unless told otherwise.
+    return ["sandbox", name, "--host", "0.0.0.0", "--port", str(port)]
 
 
 def b64(secret: Obj, key: str) -> str:
@@ -549,7 +569,21 @@ def test_existing_secrets_and_tls(chart: helm.Chart) -> None:
         assert data["OTEL_TRACES_EXPORTER"] == "otlp"
         assert data["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
         assert "deployment.environment=production" in data["OTEL_RESOURCE_ATTRIBUTES"]
-        assert data["DWF_ERP_URL"] == "https://erp.example.com/api"
+        # Only fulfillment calls the ERP/WMS/carrier; no service gets the old shared names.
+        assert not {"DWF_ERP_URL", "DWF_WMS_URL", "DWF_CHANNEL_WEBHOOK_URL"} & set(data)
+        if key == "fulfillment":
+            for system in SYSTEMS:
+                url = values["integrations"][f"{system}Url"]
+                assert data[f"DWF_FULFILLMENT_{system.upper()}_URL"] == url
+                assert env[f"DWF_FULFILLMENT_{system.upper()}_TOKEN"]["secretKeyRef"] == {
+                    "name": "dwf-integrations",
+                    "key": f"DWF_{system.upper()}_TOKEN",
+                }
+            annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+            assert "checksum/integrations" not in annotations
+        else:
+            assert not CONNECTOR_VARS & set(data)
+            assert not CONNECTOR_VARS & set(env)
         tls_volume = {v["name"]: v for v in spec["volumes"]}["tls"]
         expected_secret = "dwf-order-gateway-tls" if key == "order_gateway" else "dwf-internal-tls"
         assert tls_volume["secret"]["secretName"] == expected_secret
@@ -695,9 +729,11 @@ def test_network_policies_erp_wms_egress_per_service(chart: helm.Chart) -> None:
         peers = egress_by_port(policy_for(objects, component)).get(port, [])
         return {p["ipBlock"]["cidr"] for p in peers if "ipBlock" in p}
 
-    assert cidrs("fulfillment", 443) == {"203.0.113.10/32", "198.51.100.0/28"}
+    assert cidrs("fulfillment", 443) == {"203.0.113.10/32", "198.51.100.0/28", "192.0.2.64/27"}
     assert cidrs("fulfillment", 8443) == {"203.0.113.10/32"}
-    assert cidrs("order-gateway", 443) == {"203.0.113.10/32"}
+    # Only fulfillment's connectors call the ERP, WMS and carrier.
+    assert cidrs("order-gateway", 443) == set()
+    assert cidrs("inventory", 443) == set()
     assert cidrs("notifications", 443) == {"0.0.0.0/0"}
     assert cidrs("notifications", 8443) == set()
     assert cidrs("inventory", 5432) == {"10.20.0.10/32", "10.20.0.11/32"}
@@ -751,20 +787,24 @@ def test_probe_port_is_reachable_by_the_kubelet_only(chart: helm.Chart, stem: st
 
 def test_staging_sandboxes_servicemonitor_and_external_nats(chart: helm.Chart) -> None:
     objects = rendered_ci("staging-values")
-    for name, port in (("erp", 8080), ("wms", 8081), ("channel", 8082)):
+    for name, port in SANDBOX_PORTS.items():
         deployment = named(objects, "Deployment", obj_name(f"sandbox-{name}"))
         container = pod_spec(deployment)["containers"][0]
-        assert container["args"] == ["sandbox", name, "--port", str(port)]
+        assert container["args"] == sandbox_args(name, port)
         service = named(objects, "Service", obj_name(f"sandbox-{name}"))
         assert selector_matches(service["spec"]["selector"], pod_spec_labels(deployment))
         policy = named(objects, "NetworkPolicy", obj_name(f"sandbox-{name}"))
         assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": port}]
     data = named(objects, "ConfigMap", obj_name("fulfillment"))["data"]
-    assert data["DWF_ERP_URL"] == f"http://{obj_name('sandbox-erp')}.{NAMESPACE}.svc:8080"
-    assert data["DWF_WMS_URL"] == f"http://{obj_name('sandbox-wms')}.{NAMESPACE}.svc:8081"
-    assert data["DWF_CHANNEL_WEBHOOK_URL"] == (
-        f"http://{obj_name('sandbox-channel')}.{NAMESPACE}.svc:8082"
+    for system in SYSTEMS:
+        assert data[f"DWF_FULFILLMENT_{system.upper()}_URL"] == (
+            f"http://{obj_name(f'sandbox-{system}')}.{NAMESPACE}.svc:{SANDBOX_PORTS[system]}"
+        )
+    # The WMS start-up settings of the staging file.
+    wms = container_env(
+        pod_spec(named(objects, "Deployment", obj_name("sandbox-wms")))["containers"][0]
     )
+    assert (wms["DWF_WMS_ACK_DELAY_MS"], wms["DWF_WMS_STEP_DELAY_MS"]) == ("200", "250")
     sandbox_erp = pod_spec_labels(named(objects, "Deployment", obj_name("sandbox-erp")))
     fulfillment_egress = egress_by_port(policy_for(objects, "fulfillment"))
     assert any(
@@ -788,6 +828,212 @@ def test_staging_sandboxes_servicemonitor_and_external_nats(chart: helm.Chart) -
     assert data["DWF_NATS_URL"] == staging["externalNats"]["url"]
     nats_peers = egress_by_port(policy_for(objects, "inventory"))[4222]
     assert nats_peers == staging["networkPolicy"]["egress"]["nats"]["peers"]
+
+
+# --------------------------------------------------------------------------- integrations
+
+ALL_SANDBOXES = {"sandboxes": {name: {"enabled": True} for name in SANDBOX_PORTS}}
+
+
+def sandbox_url(objects: list[Obj], name: str) -> str:
+    """The in-cluster URL of a sandbox, from its rendered Service."""
+    service = named(objects, "Service", obj_name(f"sandbox-{name}"))
+    (port,) = service["spec"]["ports"]
+    meta = service["metadata"]
+    return f"http://{meta['name']}.{meta['namespace']}.svc:{port['port']}"
+
+
+def validate_all(objects: list[Obj]) -> None:
+    for obj in objects:
+        for version in KUBE_VERSIONS:
+            validate_strict(strip(obj), version)
+
+
+def test_sandboxes_and_fulfillment_share_urls_and_tokens(chart: helm.Chart) -> None:
+    objects = render(with_overrides(ci_values("defaults-values"), ALL_SANDBOXES))
+    validate_all(objects)
+    secret = named(objects, "Secret", obj_name("integrations"))
+    fulfillment = named(objects, "Deployment", obj_name("fulfillment"))
+    fulfillment_env = effective_env(objects, pod_spec(fulfillment)["containers"][0])
+    checksum = fulfillment["spec"]["template"]["metadata"]["annotations"]["checksum/integrations"]
+    for system in SYSTEMS:
+        deployment = named(objects, "Deployment", obj_name(f"sandbox-{system}"))
+        container = pod_spec(deployment)["containers"][0]
+        assert container["args"] == sandbox_args(system, SANDBOX_PORTS[system])
+        ref = container_env(container)[f"DWF_{system.upper()}_TOKEN"]["secretKeyRef"]
+        assert ref == {"name": obj_name("integrations"), "key": f"DWF_{system.upper()}_TOKEN"}
+        # A generated token, the same one fulfillment sends.
+        assert len(b64(secret, ref["key"])) >= 32
+        assert fulfillment_env[f"DWF_FULFILLMENT_{system.upper()}_TOKEN"]["secretKeyRef"] == ref
+        assert fulfillment_env[f"DWF_FULFILLMENT_{system.upper()}_URL"] == sandbox_url(
+            objects, system
+        )
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["checksum/integrations"] == checksum  # restarted together
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/_admin/health", "port": "http"}
+        assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+            "http": SANDBOX_PORTS[system]
+        }
+    assert set(secret["data"]) == {f"DWF_{s.upper()}_TOKEN" for s in SYSTEMS}
+    # The channel sandbox needs no token; notifications may then deliver over plain HTTP.
+    channel = pod_spec(named(objects, "Deployment", obj_name("sandbox-channel")))["containers"][0]
+    assert channel["args"] == sandbox_args("channel", SANDBOX_PORTS["channel"])
+    assert not [n for n in container_env(channel) if n.endswith("_TOKEN")]
+    notify = named(objects, "ConfigMap", obj_name("notifications"))["data"]
+    assert notify["DWF_NOTIFY_ALLOW_HTTP"] == "true"
+    for key, component in SERVICES.items():
+        if key != "fulfillment":
+            deployment = named(objects, "Deployment", obj_name(component))
+            env = effective_env(objects, pod_spec(deployment)["containers"][0])
+            assert not CONNECTOR_VARS & set(env), key
+
+
+def test_sandbox_network_policies_admit_their_one_client(chart: helm.Chart) -> None:
+    objects = render(with_overrides(ci_values("defaults-values"), ALL_SANDBOXES))
+    pods = {d["metadata"]["name"]: pod_spec_labels(d) for d in of_kind(objects, "Deployment")}
+    for name, port in SANDBOX_PORTS.items():
+        client = "notifications" if name == "channel" else "fulfillment"
+        sandbox = pods[obj_name(f"sandbox-{name}")]
+        policy = policy_for(objects, f"sandbox-{name}")
+        (rule,) = policy["spec"]["ingress"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+        admitted = [
+            n
+            for n, labels in pods.items()
+            if any(selector_matches(p["podSelector"]["matchLabels"], labels) for p in rule["from"])
+        ]
+        assert admitted == [obj_name(client)]
+        # The sandboxes call nothing but DNS.
+        assert set(egress_by_port(policy)) == {53}
+        for component in SERVICES.values():
+            egress = egress_by_port(policy_for(objects, component)).get(port, [])
+            reaches = any(
+                selector_matches(p["podSelector"]["matchLabels"], sandbox)
+                for p in egress
+                if "podSelector" in p
+            )
+            assert reaches == (component == client), (name, component)
+
+
+def test_integrations_urls_are_used_without_sandboxes(chart: helm.Chart) -> None:
+    urls = {s: f"https://{s}.example.com/api" for s in SYSTEMS}
+    tokens = {s: f"{s}-token-given" for s in SYSTEMS}
+    integrations = {
+        "integrations": {
+            **{f"{s}Url": urls[s] for s in SYSTEMS},
+            "credentials": {f"{s}Token": tokens[s] for s in SYSTEMS},
+        }
+    }
+    objects = render(with_overrides(ci_values("defaults-values"), integrations))
+    validate_all(objects)
+    assert not [o for o in objects if "sandbox" in o["metadata"]["name"]]
+    secret = named(objects, "Secret", obj_name("integrations"))
+    container = pod_spec(named(objects, "Deployment", obj_name("fulfillment")))["containers"][0]
+    env = effective_env(objects, container)
+    for system in SYSTEMS:
+        assert env[f"DWF_FULFILLMENT_{system.upper()}_URL"] == urls[system]
+        ref = env[f"DWF_FULFILLMENT_{system.upper()}_TOKEN"]["secretKeyRef"]
+        assert ref["name"] == obj_name("integrations")
+        assert b64(secret, ref["key"]) == tokens[system]
+
+    # An enabled sandbox wins over its URL; the others keep theirs.
+    mixed = with_overrides(integrations, {"sandboxes": {"wms": {"enabled": True}}})
+    objects = render(with_overrides(ci_values("defaults-values"), mixed))
+    data = named(objects, "ConfigMap", obj_name("fulfillment"))["data"]
+    assert data["DWF_FULFILLMENT_WMS_URL"] == sandbox_url(objects, "wms")
+    assert data["DWF_FULFILLMENT_ERP_URL"] == urls["erp"]
+    assert (
+        b64(named(objects, "Secret", obj_name("integrations")), "DWF_WMS_TOKEN")
+        == "wms-token-given"
+    )
+
+
+def test_no_integration_configured_renders_no_tokens(chart: helm.Chart) -> None:
+    objects = rendered_ci("defaults-values")
+    assert obj_name("integrations") not in {
+        s["metadata"]["name"] for s in of_kind(objects, "Secret")
+    }
+    container = pod_spec(named(objects, "Deployment", obj_name("fulfillment")))["containers"][0]
+    assert not CONNECTOR_VARS & set(effective_env(objects, container))
+
+
+def test_integrations_existing_secret(chart: helm.Chart) -> None:
+    overrides = with_overrides(
+        ALL_SANDBOXES, {"integrations": {"credentials": {"existingSecret": "erp-wms-tokens"}}}
+    )
+    objects = render(with_overrides(ci_values("defaults-values"), overrides))
+    assert obj_name("integrations") not in {
+        s["metadata"]["name"] for s in of_kind(objects, "Secret")
+    }
+    fulfillment = named(objects, "Deployment", obj_name("fulfillment"))
+    env = container_env(pod_spec(fulfillment)["containers"][0])
+    for system in SYSTEMS:
+        sandbox = named(objects, "Deployment", obj_name(f"sandbox-{system}"))
+        ref = container_env(pod_spec(sandbox)["containers"][0])[f"DWF_{system.upper()}_TOKEN"]
+        assert ref["secretKeyRef"] == {
+            "name": "erp-wms-tokens",
+            "key": f"DWF_{system.upper()}_TOKEN",
+        }
+        assert env[f"DWF_FULFILLMENT_{system.upper()}_TOKEN"] == ref
+        assert "annotations" not in sandbox["spec"]["template"]["metadata"]
+    assert "checksum/integrations" not in fulfillment["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_sandbox_settings_become_their_env(chart: helm.Chart) -> None:
+    settings = {
+        "erp": {"rate_429": 0.2, "latency_ms": [10, 200], "unknown_items": ["SKU-1", "SKU-2"]},
+        "wms": {"auto_ship": False, "reject_warehouses": "WH-2"},
+        "carrier": {"tracking_step_ms": 500},
+    }
+    overrides = {"sandboxes": {n: {"enabled": True, "settings": v} for n, v in settings.items()}}
+    objects = render(with_overrides(ci_values("defaults-values"), overrides))
+    env = {
+        name: container_env(
+            pod_spec(named(objects, "Deployment", obj_name(f"sandbox-{name}")))["containers"][0]
+        )
+        for name in settings
+    }
+    assert env["erp"]["DWF_ERP_RATE_429"] == "0.2"
+    assert json.loads(env["erp"]["DWF_ERP_LATENCY_MS"]) == [10, 200]
+    assert json.loads(env["erp"]["DWF_ERP_UNKNOWN_ITEMS"]) == ["SKU-1", "SKU-2"]
+    assert env["wms"]["DWF_WMS_AUTO_SHIP"] == "false"
+    assert env["wms"]["DWF_WMS_REJECT_WAREHOUSES"] == "WH-2"  # text stays text
+    assert env["carrier"]["DWF_CARRIER_TRACKING_STEP_MS"] == "500"
+
+
+def test_chart_matches_the_sandbox_code() -> None:
+    """The schema's sandbox settings are the fields the sandboxes read from DWF_<NAME>_*, and
+    the token variable the chart sets is the one each sandbox requires."""
+    from stack.sandboxes import carrier, erp, wms
+    from stack.sandboxes.common import setting_names
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    sandboxes = schema["properties"]["sandboxes"]["properties"]
+    assert set(sandboxes) == {*SANDBOX_PORTS, "resources"}
+    code = {
+        "erp": [*setting_names(erp.ErpFaults), *setting_names(erp.MasterData)],
+        "wms": setting_names(wms.WmsSettings),
+        "carrier": setting_names(carrier.CarrierFaults),
+    }
+    for name, fields in code.items():
+        assert sorted(sandboxes[name]["properties"]["settings"]["properties"]) == sorted(fields)
+    assert "settings" not in sandboxes["channel"]["properties"]  # it reads no environment
+    defaults = load_values(CHART_DIR / "values.yaml")
+    assert {n: defaults["sandboxes"][n]["port"] for n in SANDBOX_PORTS} == SANDBOX_PORTS
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_each_system_sandbox_requires_the_token_variable(
+    system: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stack.sandboxes import carrier, erp, wms
+
+    main = {"erp": erp.main, "wms": wms.main, "carrier": carrier.main}[system]
+    monkeypatch.delenv(f"DWF_{system.upper()}_TOKEN", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--host", "0.0.0.0", "--port", "0"])
+    assert f"DWF_{system.upper()}_TOKEN" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("stem", CI_IDS)
@@ -844,6 +1090,19 @@ SCHEMA_REJECTS: dict[str, tuple[dict[str, Any], str]] = {
         {"networkPolicy": {"probeSourceCidrs": ["10.0.0.0"]}},
         "probeSourceCidrs",
     ),
+    "unknown-sandbox-setting": (
+        {"sandboxes": {"erp": {"settings": {"rate_492": 0.1}}}},
+        "rate_492",
+    ),
+    "token-in-configmap": (
+        {"services": {"fulfillment": {"env": {"DWF_FULFILLMENT_ERP_TOKEN": "x"}}}},
+        "DWF_FULFILLMENT_ERP_TOKEN",
+    ),
+    # Nothing reads a shared webhook URL: notifications' endpoints are its master data.
+    "channel-webhook-url": (
+        {"integrations": {"channelWebhookUrl": "https://hooks.example.com"}},
+        "channelWebhookUrl",
+    ),
     "egress-to-unknown-service": (
         {"networkPolicy": {"egress": {"wms": {"services": ["billing"]}}}},
         "services",
@@ -883,6 +1142,11 @@ TEMPLATE_REJECTS: dict[str, tuple[dict[str, Any], str]] = {
         "services.inventory.autoscaling.minReplicas (5) exceeds maxReplicas (3)",
     ),
     "no-postgres-host": ({"externalPostgres": {"host": ""}}, "externalPostgres.host is required"),
+    "integration-url-without-token": (
+        {"integrations": {"carrierUrl": "https://carrier.example.com"}},
+        "integrations.carrierUrl is set: give integrations.credentials.carrierToken or "
+        "integrations.credentials.existingSecret",
+    ),
 }
 
 
@@ -909,3 +1173,7 @@ def test_dockerfile_matches_the_chart() -> None:
     assert user == "{runAsUser}:{runAsGroup}".format(**defaults["podSecurityContext"])
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".git", "deploy", "tests"} <= set(ignored)
+    # The chart runs the sandboxes from this image: it installs what they import.
+    assert re.search(r'pip install "\.\[sandboxes\]"', dockerfile)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(p.startswith("aiosmtpd==") for p in project["optional-dependencies"]["sandboxes"])

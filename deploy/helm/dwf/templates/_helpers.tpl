@@ -92,6 +92,64 @@ default
 {{- printf "http://%s.%s.svc:%d" (include "dwf.objectName" (dict "root" .root "component" (printf "sandbox-%s" .name))) .root.Release.Namespace (int $sb.port) -}}
 {{- end }}
 
+{{/*
+Base URL fulfillment uses for an external system (erp, wms, carrier): the enabled sandbox's
+in-cluster URL, else integrations.<system>Url; "" when neither (the system is not configured,
+fulfillment gets neither its URL nor its token). Context: dict "root" $ "system" "erp"
+*/}}
+{{- define "dwf.integrationUrl" -}}
+{{- $v := .root.Values -}}
+{{- if (index $v.sandboxes .system).enabled -}}
+{{- include "dwf.sandboxUrl" (dict "root" .root "name" .system) -}}
+{{- else -}}
+{{- index $v.integrations (printf "%sUrl" .system) -}}
+{{- end -}}
+{{- end }}
+
+{{/* Name of the Secret holding the ERP/WMS/carrier bearer tokens. */}}
+{{- define "dwf.integrationsSecretName" -}}
+{{- .Values.integrations.credentials.existingSecret | default (printf "%s-integrations" (include "dwf.fullname" .)) -}}
+{{- end }}
+
+{{/*
+Tokens of the chart-managed integrations Secret as JSON {"erp": "...", ...}, one per configured
+system: the given integrations.credentials.<system>Token, else the one the Secret already holds
+(lookup; nothing offline), else a generated one. Computed once per render (memoized in .Values)
+so that the Secret and the pods' checksum annotations agree.
+*/}}
+{{- define "dwf.integrationTokens" -}}
+{{- if not (hasKey .Values "__dwfIntegrationTokens") -}}
+{{- $c := .Values.integrations.credentials -}}
+{{- $found := lookup "v1" "Secret" .Release.Namespace (include "dwf.integrationsSecretName" .) -}}
+{{- $existing := dict -}}
+{{- if $found }}{{ $existing = $found.data | default dict }}{{ end -}}
+{{- $tokens := dict -}}
+{{- range $system := list "erp" "wms" "carrier" -}}
+{{- if include "dwf.integrationUrl" (dict "root" $ "system" $system) -}}
+{{- $token := index $c (printf "%sToken" $system) -}}
+{{- if not $token -}}
+{{- with index $existing (index $c.keys (printf "%sToken" $system)) }}{{ $token = b64dec . }}{{ end -}}
+{{- end -}}
+{{- $_ := set $tokens $system ($token | default (randAlphaNum 40)) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set .Values "__dwfIntegrationTokens" $tokens -}}
+{{- end -}}
+{{- index .Values "__dwfIntegrationTokens" | toJson -}}
+{{- end }}
+
+{{/*
+A bearer-token env var read from the integrations Secret.
+Context: dict "root" $ "system" "erp" "name" "DWF_FULFILLMENT_ERP_TOKEN"
+*/}}
+{{- define "dwf.integrationTokenEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "dwf.integrationsSecretName" .root }}
+      key: {{ index .root.Values.integrations.credentials.keys (printf "%sToken" .system) }}
+{{- end }}
+
 {{- define "dwf.tlsSecret" -}}
 {{- $svc := index .root.Values.services .key -}}
 {{- $svc.tls.existingSecret | default .root.Values.tls.existingSecret -}}
@@ -133,20 +191,18 @@ Context: dict "root" $ "key" "inventory"
 {{- end }}
 {{- $_ := set $env "DWF_HEALTH_PORT" (toString $v.tls.healthPort) -}}
 {{- end }}
-{{- $erp := $v.integrations.erpUrl -}}
-{{- if $v.sandboxes.erp.enabled }}{{ $erp = include "dwf.sandboxUrl" (dict "root" $root "name" "erp") }}{{ end -}}
-{{- $wms := $v.integrations.wmsUrl -}}
-{{- if $v.sandboxes.wms.enabled }}{{ $wms = include "dwf.sandboxUrl" (dict "root" $root "name" "wms") }}{{ end -}}
-{{- $channel := $v.integrations.channelWebhookUrl -}}
-{{- if $v.sandboxes.channel.enabled }}{{ $channel = include "dwf.sandboxUrl" (dict "root" $root "name" "channel") }}{{ end -}}
-{{- with $erp }}{{ $_ := set $env "DWF_ERP_URL" . }}{{ end -}}
-{{- with $wms }}{{ $_ := set $env "DWF_WMS_URL" . }}{{ end -}}
-{{- /* fulfillment's connectors read their own names (services/fulfillment/connectors/settings.py) */}}
+{{- /* fulfillment's connectors (services/fulfillment/connectors/settings.py); tokens: Secret */}}
 {{- if eq .key "fulfillment" }}
-{{- with $erp }}{{ $_ := set $env "DWF_FULFILLMENT_ERP_URL" . }}{{ end -}}
-{{- with $wms }}{{ $_ := set $env "DWF_FULFILLMENT_WMS_URL" . }}{{ end -}}
+{{- range $system := list "erp" "wms" "carrier" }}
+{{- with include "dwf.integrationUrl" (dict "root" $root "system" $system) }}
+{{- $_ := set $env (printf "DWF_FULFILLMENT_%s_URL" (upper $system)) . -}}
 {{- end }}
-{{- with $channel }}{{ $_ := set $env "DWF_CHANNEL_WEBHOOK_URL" . }}{{ end -}}
+{{- end }}
+{{- end }}
+{{- /* the channel sandbox speaks plain HTTP (as in the local stack, libs/stack/supervisor.py) */}}
+{{- if and (eq .key "notifications") $v.sandboxes.channel.enabled }}
+{{- $_ := set $env "DWF_NOTIFY_ALLOW_HTTP" "true" -}}
+{{- end }}
 {{- $_ := set $env "OTEL_SERVICE_NAME" (printf "dwf-%s" $component) -}}
 {{- $attrs := list "service.namespace=dwf" (printf "k8s.namespace.name=%s" $root.Release.Namespace) (printf "service.version=%s" ($v.image.tag | default $root.Chart.AppVersion)) -}}
 {{- range $k, $val := $v.otel.resourceAttributes }}
@@ -270,6 +326,13 @@ Context: dict "root" $ "key" "inventory"
 {{- $as := (index $v.services $key).autoscaling -}}
 {{- if and $as.enabled (gt (int $as.minReplicas) (int $as.maxReplicas)) -}}
 {{- fail (printf "services.%s.autoscaling.minReplicas (%d) exceeds maxReplicas (%d)" $key (int $as.minReplicas) (int $as.maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
+{{- range $system := list "erp" "wms" "carrier" -}}
+{{- $url := index $v.integrations (printf "%sUrl" $system) -}}
+{{- $token := index $v.integrations.credentials (printf "%sToken" $system) -}}
+{{- if and $url (not (index $v.sandboxes $system).enabled) (not $v.integrations.credentials.existingSecret) (not $token) -}}
+{{- fail (printf "integrations.%sUrl is set: give integrations.credentials.%sToken or integrations.credentials.existingSecret" $system $system) -}}
 {{- end -}}
 {{- end -}}
 {{- if $v.networkPolicy.enabled -}}
