@@ -227,6 +227,8 @@ REFUSED_FIELD = "PO1[1].PO107"  # the 850's one line names a part edi-acme's ali
 # The storefront's cart: (line_id, channel SKU, quantity in each).
 STOREFRONT_CART = (("1", "NW-BOLT-M8X50", 24), ("2", "NW-WASHER-M8", 6))
 STOREFRONT_CHECK = (*STOREFRONT_CART, ("3", "NW-NUT-M8", 50), ("4", "NW-BOLT-M8X50", 5000))
+READ_MODEL_CATCH_UP_SECONDS = 10.0
+READ_MODEL_POLL_SECONDS = 0.1
 STOREFRONT_PRICES = {"NW-BOLT-M8X50": 850_000_000, "NW-WASHER-M8": 100_000_000}  # USD nanos
 
 
@@ -531,11 +533,32 @@ async def run_gateway_demo(
                 ]
 
             # The storefront: is it in stock, hold it during payment, then the paid order.
-            checked = await stub.CheckAvailability(
-                pb.CheckAvailabilityRequest(channel_id="web-store", items=items(STOREFRONT_CHECK)),
-                metadata=web,
-                timeout=10,
+            # The read model follows inventory's (coalesced) events: the check waits until it
+            # has caught up with what inventory holds now (the previous section just held and
+            # released stock), as a storefront page would show a few moments later.
+            web_warehouses = next(
+                set(c["warehouses"]) for c in document["channels"] if c["channel_id"] == "web-store"
             )
+            check = pb.CheckAvailabilityRequest(
+                channel_id="web-store", items=items(STOREFRONT_CHECK)
+            )
+            deadline = asyncio.get_running_loop().time() + READ_MODEL_CATCH_UP_SECONDS
+            async with grpc.aio.insecure_channel(inventory_address) as inventory_channel:
+                inventory = inventory_pb2_grpc.InventoryServiceStub(inventory_channel)
+                while True:
+                    truth: dict[str, int] = {}
+                    for sku, warehouse, _, _, available in await stock_levels(inventory):
+                        if warehouse in web_warehouses:
+                            truth[sku] = truth.get(sku, 0) + max(available, 0)
+                    checked = await stub.CheckAvailability(check, metadata=web, timeout=10)
+                    caught_up = all(
+                        item.available_quantity == truth.get(item.sku, 0)
+                        for item in checked.items
+                        if item.sku
+                    )
+                    if caught_up or asyncio.get_running_loop().time() > deadline:
+                        break
+                    await asyncio.sleep(READ_MODEL_POLL_SECONDS)  # a storefront's next look
             as_of = checked.as_of.ToDatetime(tzinfo=UTC)
             as_of_age = (datetime.now(UTC) - as_of).total_seconds()
             channel_skus = {line_id: sku for line_id, sku, _ in STOREFRONT_CHECK}

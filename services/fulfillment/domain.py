@@ -96,6 +96,17 @@ def add(lines: Lines, field: str, quantities: Iterable[tuple[str, int]]) -> Line
     return updated
 
 
+def subtract(lines: Lines, field: str, quantities: Iterable[tuple[str, int]]) -> Lines:
+    """Take quantities off one counter (e.g. a rejected release); never below zero."""
+    updated = dict(lines)
+    for line_id, quantity in quantities:
+        state = updated.get(line_id)
+        if state is None or quantity <= 0:
+            continue
+        updated[line_id] = replace(state, **{field: max(getattr(state, field) - quantity, 0)})
+    return updated
+
+
 def fully_shipped(lines: Lines) -> bool:
     """Every line shipped or canceled, and something shipped."""
     return all(state.open == 0 for state in lines.values()) and any(

@@ -111,8 +111,11 @@ async def schedule(
     due_at: datetime | None = None,
     *,
     rearm: bool = False,
+    again_when_done: bool = False,
 ) -> None:
-    """Add a step once (by task key); ``rearm`` makes an existing one due again (timers)."""
+    """Add a step once (by task key); ``rearm`` makes an existing one due again (timers);
+    ``again_when_done`` only a finished one (a step that is pending or running picks up the
+    new work itself, and its lease stays valid)."""
     values = {
         "task_key": task_key(kind, subject_id),
         "order_id": order_id,
@@ -121,7 +124,7 @@ async def schedule(
         "due_at": due_at or datetime.now(UTC),
     }
     statement = insert(workflow_task).values(**values)
-    if rearm:
+    if rearm or again_when_done:
         statement = statement.on_conflict_do_update(
             index_elements=["task_key"],
             set_={
@@ -132,6 +135,7 @@ async def schedule(
                 "leased_until": None,
                 "updated_at": datetime.now(UTC),
             },
+            where=None if rearm else workflow_task.c.state == "DONE",
         )
     else:
         statement = statement.on_conflict_do_nothing()

@@ -63,6 +63,7 @@ def build_spec(
                 inventory,
                 ack_sla_seconds=config.ack_sla_seconds,
                 max_release_attempts=config.max_release_attempts,
+                max_resourcing=config.max_resourcing,
             )
             runtime.on_close(connectors.aclose)
             runtime.fulfillment = Parts(  # type: ignore[attr-defined]

@@ -35,4 +35,10 @@ class WorkflowSettings(BaseSettings):
     max_release_attempts: int = Field(
         3, ge=1, description="Sends of a release without acknowledgement before an exception."
     )
+    max_resourcing: int = Field(
+        3,
+        ge=0,
+        description="Rejected releases per order that are re-sourced automatically (the "
+        "lines go to another warehouse); past it a rejection becomes an exception.",
+    )
     wms_poll_seconds: float = Field(0.5, gt=0, description="How often the WMS feed is read.")

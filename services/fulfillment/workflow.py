@@ -2,8 +2,9 @@
 
 OrderAccepted → BOOK_ERP → ALLOCATE (inventory) → one fulfillment order per allocation →
 RELEASE (WMS) → ACK_CHECK (timer) → the WMS feed (ack, shipments) → STOCK_SHIPMENT (inventory
-ledger) and POST_SHIPMENT (ERP) → INVOICE (ERP) → COMPLETED. Backordered quantity waits for
-inventory's BackorderFilled, which adds a fulfillment order for the new allocation.
+ledger) → POST_SHIPMENT (ERP) → INVOICE (ERP) → COMPLETED. Backordered quantity waits for
+inventory's BackorderFilled, which adds a fulfillment order for the new allocation. A release
+the WMS rejects is re-sourced (RESOURCE: deallocate, allocate again without that warehouse).
 
 Every external call is idempotent on our own reference (order id, fulfillment order id,
 shipment id, request ids derived from them), so a step re-run after a crash or a lost lease
@@ -73,6 +74,20 @@ def address(message: common_pb2.PostalAddress) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
+def sourced_summary(response: inv.AllocateResponse) -> str:
+    """Where an allocation put the quantity, for the timeline."""
+    parts = (
+        [
+            f"{line.quantity} of line {line.line_id} to {a.warehouse_id}"
+            for a in response.allocations
+            for line in a.lines
+        ]
+        + [f"{b.quantity} of line {b.line_id} backordered" for b in response.backorders]
+        + [f"{u.quantity} of line {u.line_id} with no warehouse" for u in response.unfilled]
+    )
+    return "; ".join(parts) or "nothing could be allocated"
+
+
 class Workflow:
     def __init__(
         self,
@@ -83,6 +98,7 @@ class Workflow:
         *,
         ack_sla_seconds: float = 300.0,
         max_release_attempts: int = 3,
+        max_resourcing: int = 3,
         erp_system: str = "erp-sandbox",
     ) -> None:
         self.runtime = runtime
@@ -91,6 +107,7 @@ class Workflow:
         self.inventory = inventory
         self.ack_sla = ack_sla_seconds
         self.max_release_attempts = max_release_attempts
+        self.max_resourcing = max_resourcing
         self.erp_system = erp_system
         engine.register(
             {
@@ -98,6 +115,8 @@ class Workflow:
                 "ALLOCATE": self.allocate,
                 "RELEASE": self.release,
                 "ACK_CHECK": self.ack_check,
+                "RESOURCE": self.resource,
+                "SHORT_PICK": self.short_pick,
                 "STOCK_SHIPMENT": self.stock_shipment,
                 "POST_SHIPMENT": self.post_shipment,
                 "INVOICE": self.invoice,
@@ -142,6 +161,32 @@ class Workflow:
             raise StepFailure(
                 category, "DWF", f"INVENTORY_{code.name}", exc.details() or "", b""
             ) from exc
+
+    async def _order_and_shipment(self, task: Task) -> tuple[store.OrderRow, fpb.Shipment]:
+        """The order and the shipment a posting step (subject: shipment id) works on."""
+        async with self.runtime.sessions() as session:
+            row = await store.load_order(session, task.order_id)
+            shipped = await store.load_shipment(session, task.subject_id)
+        assert row is not None and shipped is not None
+        return row, shipped
+
+    @classmethod
+    def _erp_lines(
+        cls, row: store.OrderRow, shipped: fpb.Shipment
+    ) -> tuple[erp_api.QuantityLine, ...]:
+        return tuple(
+            cls._erp_line(row, line.line_id, line.sku, line.quantity) for line in shipped.lines
+        )
+
+    @staticmethod
+    def _erp_line(
+        row: store.OrderRow, line_id: str, sku: str, quantity: int
+    ) -> erp_api.QuantityLine:
+        """A line for the ERP names the sales order line's item; a substitute that went out
+        instead travels as shipped_sku."""
+        state = row.lines.get(line_id)
+        ordered = state.sku if state is not None else sku
+        return erp_api.QuantityLine(line_id, ordered, quantity, shipped_sku=sku)
 
     async def _order(self, session: AsyncSession, order_id: str) -> store.OrderRow:
         row = await store.load_order(session, order_id, for_update=True)
@@ -286,8 +331,14 @@ class Workflow:
         async with self.runtime.sessions() as session:
             row = await store.load_order(session, task.order_id)
         assert row is not None
+        substitutable = {line.line_id for line in row.order.lines if line.substitution_allowed}
         lines = [
-            inv.LineItem(line_id=line_id, sku=state.sku, quantity=state.open)
+            inv.LineItem(
+                line_id=line_id,
+                sku=state.sku,
+                quantity=state.open,
+                substitution_allowed=line_id in substitutable,
+            )
             for line_id, state in sorted(row.lines.items())
             if state.open > 0
         ]
@@ -324,10 +375,22 @@ class Workflow:
                 row.order.order_id,
                 allocation.allocation_id,
                 allocation.warehouse_id,
-                [(line.line_id, line.sku, line.quantity) for line in allocation.lines],
+                [
+                    (line.line_id, line.sku, line.quantity, line.substituted_for_sku)
+                    for line in allocation.lines
+                ],
             )
             if not created:
                 continue
+            for line in allocation.lines:
+                if line.substituted_for_sku:
+                    await store.add_timeline(
+                        session,
+                        row.order.order_id,
+                        fpb.WORKFLOW_STAGE_ALLOCATION,
+                        f"line {line.line_id}: {line.quantity} x {line.sku} substituted for "
+                        f"{line.substituted_for_sku} at {allocation.warehouse_id}",
+                    )
             lines = domain.add(
                 lines, "allocated", [(line.line_id, line.quantity) for line in allocation.lines]
             )
@@ -453,22 +516,19 @@ class Workflow:
                     occurred_at=shipped.shipped_at,
                 ),
             )
-        await self.engine.finish(task)
+        # ERP posting follows the ledger, so a COMPLETED order (after its last invoice) never
+        # has stock still allocated in inventory's books.
+        async with self.engine.completing(task) as session:
+            await schedule(session, task.order_id, "POST_SHIPMENT", shipped.shipment_id)
 
     async def post_shipment(self, task: Task) -> None:
-        async with self.runtime.sessions() as session:
-            row = await store.load_order(session, task.order_id)
-            shipped = await store.load_shipment(session, task.subject_id)
-        assert row is not None and shipped is not None
+        row, shipped = await self._order_and_shipment(task)
         posted = await self._external(
             self.connectors.erp.post_shipment(
                 row.erp_order_number,
                 erp_api.ShipmentPosting(
                     external_reference=shipped.shipment_id,
-                    lines=tuple(
-                        erp_api.QuantityLine(line.line_id, line.sku, line.quantity)
-                        for line in shipped.lines
-                    ),
+                    lines=self._erp_lines(row, shipped),
                     carrier_code=shipped.carrier_code,
                     tracking_numbers=tuple(c.tracking_number for c in shipped.cartons),
                 ),
@@ -504,19 +564,13 @@ class Workflow:
             await schedule(session, task.order_id, "INVOICE", shipped.shipment_id)
 
     async def invoice(self, task: Task) -> None:
-        async with self.runtime.sessions() as session:
-            row = await store.load_order(session, task.order_id)
-            shipped = await store.load_shipment(session, task.subject_id)
-        assert row is not None and shipped is not None
+        row, shipped = await self._order_and_shipment(task)
         invoiced = await self._external(
             self.connectors.erp.create_invoice(
                 row.erp_order_number,
                 erp_api.InvoiceRequest(
                     external_reference=shipped.shipment_id,
-                    lines=tuple(
-                        erp_api.QuantityLine(line.line_id, line.sku, line.quantity)
-                        for line in shipped.lines
-                    ),
+                    lines=self._erp_lines(row, shipped),
                 ),
             )
         )
@@ -624,7 +678,9 @@ class Workflow:
         at_wms = {line["line_id"]: 0 for o in released for line in o.lines}
         for o in released:
             for line in o.lines:
-                at_wms[line["line_id"]] += int(line["quantity"]) - int(line.get("shipped", 0))
+                at_wms[line["line_id"]] += (
+                    int(line["quantity"]) - int(line.get("shipped", 0)) - int(line.get("short", 0))
+                )
         now_lines = {
             lid: max(q - min(q, max(at_wms.get(lid, 0), 0)), 0) for lid, q in wanted.items()
         }
@@ -1042,7 +1098,7 @@ class Workflow:
                     external_reference=f"{receipt.rma_number}/{receipt.receipt_id}",
                     sales_order_number=row.erp_order_number,
                     lines=tuple(
-                        erp_api.QuantityLine(line.line_id, line.sku, line.received_quantity)
+                        self._erp_line(row, line.line_id, line.sku, line.received_quantity)
                         for line in receipt.lines
                     ),
                 )
@@ -1171,54 +1227,9 @@ class Workflow:
         elif isinstance(event, wms_api.CancelAccepted | wms_api.CancelRefused):
             await self._wms_canceled(session, row, fo, event)
         elif isinstance(event, wms_api.ReleaseRejected):
-            await store.update_fulfillment_order(
-                session, fo.fulfillment_order_id, state="REJECTED", rejection_reason=event.reason
-            )
-            await self._close_timer(session, fo.fulfillment_order_id)
-            await self.runtime.events.record_many(
-                session,
-                [
-                    PendingEvent(
-                        "order",
-                        fo.order_id,
-                        events_pb2.ReleaseRejected(
-                            order_id=fo.order_id,
-                            fulfillment_order_id=fo.fulfillment_order_id,
-                            warehouse_id=fo.warehouse_id,
-                            reason_code=event.reason,
-                            reason=f"{fo.warehouse_id} rejected the release: {event.reason}",
-                            handling=fpb.REJECTION_HANDLING_EXCEPTION,
-                            rejected_at=ts(event.occurred_at or datetime.now(UTC)),
-                        ),
-                    )
-                ],
-            )
-            # Re-sourcing is an operator's call for now: the release waits as an exception.
-            task = Task(
-                f"RELEASE:{fo.fulfillment_order_id}",
-                fo.order_id,
-                "RELEASE",
-                fo.fulfillment_order_id,
-                1,
-                "",
-            )
-            await session.execute(
-                update(workflow_task)
-                .where(workflow_task.c.task_key == task.task_key)
-                .values(state="PARKED", last_error=f"rejected: {event.reason}")
-            )
-            await self.engine.record_exception(
-                session,
-                task,
-                StepFailure(
-                    domain.Category.BUSINESS_RULE,
-                    "WMS",
-                    event.reason or "RELEASE_REJECTED",
-                    f"{fo.warehouse_id} rejected release {fo.fulfillment_order_id}",
-                ),
-                datetime.now(UTC),
-                None,
-            )
+            await self._release_rejected(session, row, fo, event)
+        elif isinstance(event, wms_api.ShortPicked):
+            await self._short_picked(session, row, fo, event)
         await store.add_timeline(
             session,
             fo.order_id,
@@ -1229,6 +1240,337 @@ class Workflow:
             producer="wms",
             occurred_at=event.occurred_at,
         )
+
+    async def _release_rejected(
+        self, session: AsyncSession, row: store.OrderRow, fo: Any, event: wms_api.ReleaseRejected
+    ) -> None:
+        """The WMS will not ship this fulfillment order: its lines go back to the order and
+        are re-sourced elsewhere, up to ``max_resourcing`` rejections per order; past that an
+        operator decides (the release waits as an exception)."""
+        if fo.state not in ("PENDING_RELEASE", "RELEASED", "ACKNOWLEDGED"):
+            return  # shipped, canceled or rejected already: nothing to take back
+        # The WMS may answer before the RELEASE step has recorded its send (PENDING_RELEASE):
+        # then "released" was never counted, and the step, finding REJECTED, leaves it so.
+        counted_released = fo.state != "PENDING_RELEASE"
+        await store.update_fulfillment_order(
+            session, fo.fulfillment_order_id, state="REJECTED", rejection_reason=event.reason
+        )
+        await self._close_timer(session, fo.fulfillment_order_id)
+        orders = await store.fulfillment_orders_of(session, fo.order_id)
+        rejections = sum(1 for o in orders if o.state == "REJECTED")
+        resource = rejections <= self.max_resourcing
+        await self.runtime.events.record_many(
+            session,
+            [
+                PendingEvent(
+                    "order",
+                    fo.order_id,
+                    events_pb2.ReleaseRejected(
+                        order_id=fo.order_id,
+                        fulfillment_order_id=fo.fulfillment_order_id,
+                        warehouse_id=fo.warehouse_id,
+                        reason_code=event.reason,
+                        reason=f"{fo.warehouse_id} rejected the release: {event.reason}",
+                        handling=fpb.REJECTION_HANDLING_RESOURCE
+                        if resource
+                        else fpb.REJECTION_HANDLING_EXCEPTION,
+                        rejected_at=ts(event.occurred_at or datetime.now(UTC)),
+                    ),
+                )
+            ],
+        )
+        task = Task(
+            f"RELEASE:{fo.fulfillment_order_id}",
+            fo.order_id,
+            "RELEASE",
+            fo.fulfillment_order_id,
+            1,
+            "",
+        )
+        if resource:
+            quantities = [(line["line_id"], int(line["quantity"])) for line in fo.lines]
+            lines = domain.subtract(row.lines, "allocated", quantities)
+            if counted_released:
+                lines = domain.subtract(lines, "released", quantities)
+            await store.save_order(session, fo.order_id, lines=lines)
+            await schedule(session, fo.order_id, "RESOURCE", fo.fulfillment_order_id)
+            return
+        await session.execute(
+            update(workflow_task)
+            .where(workflow_task.c.task_key == task.task_key)
+            .values(state="PARKED", last_error=f"rejected: {event.reason}")
+        )
+        await self.engine.record_exception(
+            session,
+            task,
+            StepFailure(
+                domain.Category.BUSINESS_RULE,
+                "WMS",
+                event.reason or "RELEASE_REJECTED",
+                f"{fo.warehouse_id} rejected release {fo.fulfillment_order_id}, the order's "
+                f"rejection number {rejections} (re-sourced automatically up to "
+                f"{self.max_resourcing})",
+            ),
+            datetime.now(UTC),
+            None,
+        )
+
+    async def resource(self, task: Task) -> None:
+        """Re-source a rejected fulfillment order: its allocation goes back to the order's
+        reservation, then inventory allocates the still-open quantity again without the
+        warehouses that rejected this order. New allocations become fulfillment orders
+        (released as usual); the rest is backordered or, with no warehouse left, reported."""
+        async with self.runtime.sessions() as session:
+            row = await store.load_order(session, task.order_id)
+            fo = await store.load_fulfillment_order(session, task.subject_id)
+            orders = await store.fulfillment_orders_of(session, task.order_id)
+        assert row is not None and fo is not None
+        excluded = sorted({o.warehouse_id for o in orders if o.state == "REJECTED"})
+        # Substitute stock is given back rather than kept: the order's reservation holds the
+        # ordered SKU, and the line is allocated again as ordered (substitutes allowed).
+        substituted = any(line.get("substituted_for_sku") for line in fo.lines)
+        await self._inventory(
+            "Deallocate",
+            inv.DeallocateRequest(
+                request_id=derived_id(fo.fulfillment_order_id, "resource", "deallocate"),
+                order_id=task.order_id,
+                allocation_id=fo.allocation_id,
+                disposition=inv.DEALLOCATION_DISPOSITION_RELEASE
+                if substituted
+                else inv.DEALLOCATION_DISPOSITION_RESERVE,
+                reason="WMS_REJECTED",
+            ),
+        )
+        substitutable = {line.line_id for line in row.order.lines if line.substitution_allowed}
+        lines = [
+            inv.LineItem(
+                line_id=line["line_id"],
+                sku=line.get("substituted_for_sku") or line["sku"],
+                quantity=quantity,
+                substitution_allowed=line["line_id"] in substitutable,
+            )
+            for line in fo.lines
+            if (
+                quantity := min(
+                    int(line["quantity"]) - int(line.get("shipped", 0)),
+                    row.lines[line["line_id"]].open if line["line_id"] in row.lines else 0,
+                )
+            )
+            > 0
+        ]
+        response = await self._allocate_again(
+            row, lines, excluded, derived_id(fo.fulfillment_order_id, "resource", "allocate")
+        )
+        async with self.engine.completing(task) as session:
+            row = await self._order(session, task.order_id)
+            if response is None:
+                await store.add_timeline(
+                    session,
+                    task.order_id,
+                    fpb.WORKFLOW_STAGE_ALLOCATION,
+                    f"nothing left to re-source from {fo.warehouse_id}",
+                )
+                return
+            await self._add_fulfillment_orders(session, row, list(response.allocations))
+            await store.add_timeline(
+                session,
+                task.order_id,
+                fpb.WORKFLOW_STAGE_ALLOCATION,
+                f"re-sourced what {fo.warehouse_id} rejected (excluding {', '.join(excluded)}): "
+                + sourced_summary(response),
+            )
+        await self._report_unfilled(task, response, excluded)
+
+    async def _allocate_again(
+        self,
+        row: store.OrderRow,
+        lines: list[inv.LineItem],
+        excluded: list[str],
+        request_id: str,
+    ) -> inv.AllocateResponse | None:
+        """Allocate quantity that came back (rejected, short-picked) without the warehouses
+        that failed this order; None when nothing is left open to allocate."""
+        if not lines:
+            return None
+        response: inv.AllocateResponse = await self._inventory(
+            "Allocate",
+            inv.AllocateRequest(
+                request_id=request_id,
+                order_id=row.order.order_id,
+                channel_id=row.channel_id,
+                ship_to=row.order.ship_to,
+                lines=lines,
+                excluded_warehouses=excluded,
+            ),
+        )
+        return response
+
+    async def _report_unfilled(
+        self, task: Task, response: inv.AllocateResponse | None, excluded: list[str]
+    ) -> None:
+        """Quantity no warehouse can take becomes an exception for an operator. Recorded
+        after the step's own commit, which resolves the step's earlier exceptions."""
+        if response is None or not response.unfilled:
+            return
+        async with self.runtime.sessions.begin() as session:
+            await self.engine.record_exception(
+                session,
+                task,
+                StepFailure(
+                    domain.Category.BUSINESS_RULE,
+                    "DWF",
+                    "NO_WAREHOUSE_LEFT",
+                    "no other warehouse can take "
+                    + ", ".join(f"{u.quantity} of line {u.line_id}" for u in response.unfilled)
+                    + f" (excluded: {', '.join(excluded)}); cancel the lines, or add stock and "
+                    "allocate by hand",
+                ),
+                datetime.now(UTC),
+                None,
+            )
+
+    async def _short_picked(
+        self, session: AsyncSession, row: store.OrderRow, fo: Any, event: wms_api.ShortPicked
+    ) -> None:
+        """The warehouse could not find some released units: they leave the order's allocated
+        and released counts and the SHORT_PICK step writes them off and sources them again."""
+        missing = {line.line_id: line.quantity for line in event.lines if line.quantity > 0}
+        fo_lines = [dict(line) for line in fo.lines]
+        taken: list[tuple[str, int]] = []
+        for line in fo_lines:
+            short = int(line.get("short", 0))
+            room = int(line["quantity"]) - int(line.get("shipped", 0)) - short
+            quantity = min(missing.get(line["line_id"], 0), max(room, 0))
+            if quantity:
+                line["short"] = short + quantity
+                taken.append((line["line_id"], quantity))
+        if not taken:
+            return  # reported before, or more than was open
+        done = all(
+            int(line.get("shipped", 0)) + int(line.get("short", 0)) >= int(line["quantity"])
+            for line in fo_lines
+        )
+        await store.update_fulfillment_order(
+            session,
+            fo.fulfillment_order_id,
+            lines=fo_lines,
+            state="SHIPPED" if done and fo.state in RELEASED_STATES else fo.state,
+        )
+        lines = domain.subtract(row.lines, "allocated", taken)
+        await store.save_order(
+            session, fo.order_id, lines=domain.subtract(lines, "released", taken)
+        )
+        await store.add_timeline(
+            session,
+            fo.order_id,
+            fpb.WORKFLOW_STAGE_SHIPPING,
+            f"{fo.warehouse_id} short-picked "
+            + ", ".join(f"{q} of line {lid}" for lid, q in taken)
+            + ": sourcing them again",
+        )
+        await schedule(
+            session, fo.order_id, "SHORT_PICK", fo.fulfillment_order_id, again_when_done=True
+        )
+
+    async def short_pick(self, task: Task) -> None:
+        """Units a warehouse could not find: written off there (ADJUSTMENT, reason SHORT_PICK;
+        a count or Reconcile brings back any that turn up), taken off the allocation, and
+        allocated again without that warehouse. Request ids derive from the fulfillment order
+        and its cumulative short quantities, so a re-run repeats nothing and a later short
+        pick of the same order is a new operation."""
+        async with self.runtime.sessions() as session:
+            row = await store.load_order(session, task.order_id)
+            fo = await store.load_fulfillment_order(session, task.subject_id)
+            orders = await store.fulfillment_orders_of(session, task.order_id)
+        assert row is not None and fo is not None
+        todo = {
+            line["line_id"]: int(line.get("short", 0)) - int(line.get("resourced", 0))
+            for line in fo.lines
+            if int(line.get("short", 0)) > int(line.get("resourced", 0))
+        }
+        if not todo:
+            await self.engine.finish(task)
+            return
+        by_id = {line["line_id"]: line for line in fo.lines}
+        version = ",".join(f"{lid}={by_id[lid]['short']}" for lid in sorted(todo))
+        for line_id, quantity in sorted(todo.items()):
+            await self._inventory(
+                "RecordStockMovement",
+                inv.RecordStockMovementRequest(
+                    request_id=derived_id(fo.fulfillment_order_id, "short", version, line_id),
+                    sku=by_id[line_id]["sku"],
+                    warehouse_id=fo.warehouse_id,
+                    kind=inv.MOVEMENT_KIND_ADJUSTMENT,
+                    quantity_delta=-quantity,
+                    reference=derived_id(fo.fulfillment_order_id, "short", version, line_id),
+                    order_id=task.order_id,
+                    line_id=line_id,
+                    reason="SHORT_PICK",
+                ),
+            )
+        await self._inventory(
+            "Deallocate",
+            inv.DeallocateRequest(
+                request_id=derived_id(fo.fulfillment_order_id, "short", version, "deallocate"),
+                order_id=task.order_id,
+                allocation_id=fo.allocation_id,
+                lines=[
+                    common_pb2.LineSelection(line_id=lid, quantity=q)
+                    for lid, q in sorted(todo.items())
+                ],
+                disposition=inv.DEALLOCATION_DISPOSITION_RELEASE,
+                reason="SHORT_PICK",
+            ),
+        )
+        substitutable = {line.line_id for line in row.order.lines if line.substitution_allowed}
+        excluded = sorted(
+            {o.warehouse_id for o in orders if o.state == "REJECTED"} | {fo.warehouse_id}
+        )
+        wanted = [
+            inv.LineItem(
+                line_id=lid,
+                sku=by_id[lid].get("substituted_for_sku") or by_id[lid]["sku"],
+                quantity=quantity,
+                substitution_allowed=lid in substitutable,
+            )
+            for lid, q in sorted(todo.items())
+            if (quantity := min(q, row.lines[lid].open if lid in row.lines else 0)) > 0
+        ]
+        response = await self._allocate_again(
+            row,
+            wanted,
+            excluded,
+            derived_id(fo.fulfillment_order_id, "short", version, "allocate"),
+        )
+        async with self.engine.completing(task) as session:
+            row = await self._order(session, task.order_id)
+            current = await store.load_fulfillment_order(
+                session, fo.fulfillment_order_id, for_update=True
+            )
+            assert current is not None
+            marked = [dict(line) for line in current.lines]
+            for line in marked:
+                if line["line_id"] in todo:
+                    line["resourced"] = int(line.get("resourced", 0)) + todo[line["line_id"]]
+            await store.update_fulfillment_order(session, fo.fulfillment_order_id, lines=marked)
+            if response is not None:
+                await self._add_fulfillment_orders(session, row, list(response.allocations))
+            await store.add_timeline(
+                session,
+                task.order_id,
+                fpb.WORKFLOW_STAGE_ALLOCATION,
+                f"short pick at {fo.warehouse_id} written off and sourced again: "
+                + (sourced_summary(response) if response is not None else "nothing left open"),
+            )
+            if any(  # another short pick arrived meanwhile: this step runs again
+                int(line.get("short", 0)) > int(line.get("resourced", 0)) for line in marked
+            ):
+                await session.execute(
+                    update(workflow_task)
+                    .where(workflow_task.c.task_key == task.task_key)
+                    .values(state="PENDING", due_at=datetime.now(UTC), attempts=0)
+                )
+        await self._report_unfilled(task, response, excluded)
 
     async def _close_timer(self, session: AsyncSession, fulfillment_order_id: str) -> None:
         await session.execute(
@@ -1284,7 +1626,10 @@ class Workflow:
             line["shipped"] = int(line.get("shipped", 0)) + sum(
                 s.quantity for s in lines if s.line_id == line["line_id"]
             )
-        done = all(int(line["shipped"]) >= int(line["quantity"]) for line in fo_lines)
+        done = all(
+            int(line["shipped"]) + int(line.get("short", 0)) >= int(line["quantity"])
+            for line in fo_lines
+        )
         await store.update_fulfillment_order(
             session,
             fo.fulfillment_order_id,
@@ -1303,4 +1648,3 @@ class Workflow:
         ]
         await self.runtime.events.record_many(session, events)
         await schedule(session, fo.order_id, "STOCK_SHIPMENT", shipment_id)
-        await schedule(session, fo.order_id, "POST_SHIPMENT", shipment_id)

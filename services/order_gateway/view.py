@@ -394,6 +394,11 @@ class _Merge:
                         self.shift(
                             a_line.line_id, allocated=a_line.quantity, reserved=-a_line.quantity
                         )
+                        line = self.lines.get(a_line.line_id)
+                        if a_line.substituted_for_sku and line is not None:
+                            # The customer sees what will arrive: the substitute, and for what.
+                            line.sku = a_line.sku
+                            line.substituted_for_sku = a_line.substituted_for_sku
             case inventory_events.StockDeallocated():
                 keep = payload.disposition == _KEEP_RESERVED
                 for allocation in payload.deallocated:

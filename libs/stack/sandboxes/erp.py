@@ -395,9 +395,14 @@ class Erp:
 
 
 def _quantities(requested: Iterable[Requested]) -> list[dict[str, Any]]:
-    return [
-        {"line_id": r.line.line_id, "sku": r.line.sku, "quantity": r.quantity} for r in requested
-    ]
+    lines: list[dict[str, Any]] = []
+    for r in requested:
+        line = {"line_id": r.line.line_id, "sku": r.line.sku, "quantity": r.quantity}
+        shipped_sku = r.body.optional_text("shipped_sku")
+        if shipped_sku and shipped_sku != r.line.sku:
+            line["shipped_sku"] = shipped_sku  # a substitute went out on this line
+        lines.append(line)
+    return lines
 
 
 def _amount(requested: Iterable[Requested]) -> str:

@@ -46,6 +46,7 @@ from stack.sandboxes.common import (
     parse_bool,
     parse_non_negative,
     parse_rate,
+    parse_texts,
     read_object,
     rfc3339,
     run_cli,
@@ -73,10 +74,14 @@ class WmsSettings(Faults):
     ack_delay_ms: float = setting(50.0, parse_non_negative)
     step_delay_ms: float = setting(50.0, parse_non_negative)
     reject_rate: float = setting(0.0, parse_rate)
+    # Every release to these warehouses is rejected (e.g. a site that lost its stock).
+    reject_warehouses: tuple[str, ...] = setting((), parse_texts)
     never_ack_rate: float = setting(0.0, parse_rate)
     auto_ship: bool = setting(True, parse_bool)
     partial_shipment_rate: float = setting(0.0, parse_rate)
     short_pick_rate: float = setting(0.0, parse_rate)
+    # Every release to these warehouses comes up short on one line.
+    short_pick_warehouses: tuple[str, ...] = setting((), parse_texts)
     duplicate_rate: float = setting(0.0, parse_rate)
     out_of_order_rate: float = setting(0.0, parse_rate)
     cancel_refuse_rate: float = setting(0.0, parse_rate)
@@ -357,7 +362,9 @@ class Wms:
         rng = release.stream.rng
         if not release.open_quantities() or chance(rng, self.settings.never_ack_rate):
             return False  # canceled meanwhile, or the warehouse never answers
-        if chance(rng, self.settings.reject_rate):
+        if release.warehouse_id in self.settings.reject_warehouses or chance(
+            rng, self.settings.reject_rate
+        ):
             release.stage = "REJECTED"
             line = rng.choice(release.lines)
             event = self._event(
@@ -405,7 +412,10 @@ class Wms:
         something is still shipped unless the release holds a single unit)."""
         picked = release.open_quantities()
         rng = release.stream.rng
-        if not picked or not chance(rng, self.settings.short_pick_rate):
+        if not picked or not (
+            release.warehouse_id in self.settings.short_pick_warehouses
+            or chance(rng, self.settings.short_pick_rate)
+        ):
             return picked, {}
         line_id = rng.choice(sorted(picked))
         missing = rng.randint(1, picked[line_id])

@@ -87,11 +87,19 @@ class SalesOrderRequest:
 @dataclass(frozen=True)
 class QuantityLine:
     line_id: str
-    sku: str
+    sku: str  # the sales order line's item (as ordered)
     quantity: int
+    shipped_sku: str = ""  # a substitute that went out instead, if any
 
     def to_json(self) -> dict[str, Any]:
-        return {"line_id": self.line_id, "sku": self.sku, "quantity": self.quantity}
+        document: dict[str, Any] = {
+            "line_id": self.line_id,
+            "sku": self.sku,
+            "quantity": self.quantity,
+        }
+        if self.shipped_sku and self.shipped_sku != self.sku:
+            document["shipped_sku"] = self.shipped_sku
+        return document
 
 
 @dataclass(frozen=True)

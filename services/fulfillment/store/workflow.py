@@ -124,6 +124,7 @@ def fulfillment_order_proto(row: Any) -> fpb.FulfillmentOrder:
                 quantity=int(line["quantity"]),
                 shipped_quantity=int(line.get("shipped", 0)),
                 canceled_quantity=int(line.get("canceled", 0)),
+                substituted_for_sku=line.get("substituted_for_sku", ""),
             )
             for line in row.lines
         ],
@@ -142,8 +143,9 @@ async def insert_fulfillment_order(
     order_id: str,
     allocation_id: str,
     warehouse_id: str,
-    lines: Sequence[tuple[str, str, int]],
+    lines: Sequence[tuple[str, str, int, str]],
 ) -> bool:
+    """``lines``: (line id, sku, quantity, the SKU it substitutes or "")."""
     inserted = await session.scalar(
         insert(fulfillment_order)
         .values(
@@ -153,7 +155,9 @@ async def insert_fulfillment_order(
             warehouse_id=warehouse_id,
             state="PENDING_RELEASE",
             lines=[
-                {"line_id": lid, "sku": sku, "quantity": q, "shipped": 0} for lid, sku, q in lines
+                {"line_id": lid, "sku": sku, "quantity": q, "shipped": 0}
+                | ({"substituted_for_sku": original} if original else {})
+                for lid, sku, q, original in lines
             ],
         )
         .on_conflict_do_nothing()

@@ -404,6 +404,7 @@ class FulfillmentLine(_message.Message):
     QUANTITY_FIELD_NUMBER: _builtins.int
     SHIPPED_QUANTITY_FIELD_NUMBER: _builtins.int
     CANCELED_QUANTITY_FIELD_NUMBER: _builtins.int
+    SUBSTITUTED_FOR_SKU_FIELD_NUMBER: _builtins.int
     line_id: _builtins.str
     """Order line id."""
     sku: _builtins.str
@@ -414,6 +415,8 @@ class FulfillmentLine(_message.Message):
     """Quantity shipped so far, in base units, <= quantity."""
     canceled_quantity: _builtins.int
     """Quantity canceled (or short-picked and not re-sourced), in base units."""
+    substituted_for_sku: _builtins.str
+    """Set when sku is a substitute allocated by inventory: the SKU the order line asked for."""
     def __init__(
         self,
         *,
@@ -422,10 +425,11 @@ class FulfillmentLine(_message.Message):
         quantity: _builtins.int = ...,
         shipped_quantity: _builtins.int = ...,
         canceled_quantity: _builtins.int = ...,
+        substituted_for_sku: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canceled_quantity", b"canceled_quantity", "line_id", b"line_id", "quantity", b"quantity", "shipped_quantity", b"shipped_quantity", "sku", b"sku"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canceled_quantity", b"canceled_quantity", "line_id", b"line_id", "quantity", b"quantity", "shipped_quantity", b"shipped_quantity", "sku", b"sku", "substituted_for_sku", b"substituted_for_sku"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
