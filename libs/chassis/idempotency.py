@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -80,92 +80,87 @@ async def run_once(
 
 
 # --- the same contract for a coalesced batch of requests (one transaction) -------------
+# A batch writes each key once, with its answer, at the end: claiming first and storing the
+# answer later cost a second write of every key, the largest statement of a Reserve batch.
+# Concurrent duplicates still queue as in run_once, on a transaction-scoped advisory lock
+# per key (memory only, no row written), taken in key order so batches never deadlock.
 # Fixed-shape statements over arrays: compiled once, whatever the batch size.
 
-_CLAIM_MANY = text(
+_LOCK_KEYS = text(
     """
-    INSERT INTO idempotency_key (method, request_id, fingerprint)
-    SELECT :method, i, f FROM unnest(CAST(:ids AS text[]), CAST(:prints AS text[])) AS t(i, f)
+    SELECT count(pg_advisory_xact_lock(k)) FROM (
+        SELECT DISTINCT hashtextextended(:method || ':' || i, 0) AS k
+        FROM unnest(CAST(:ids AS text[])) AS t(i)
+        ORDER BY k
+    ) AS keys
+    """
+)
+_ANSWERED = text(
+    """
+    SELECT request_id, fingerprint, response FROM idempotency_key
+    WHERE method = :method AND request_id = ANY(CAST(:ids AS text[]))
+    """
+)
+_RECORD_ANSWERS = text(
+    """
+    INSERT INTO idempotency_key (method, request_id, fingerprint, response)
+    SELECT :method, i, f, r
+    FROM unnest(CAST(:ids AS text[]), CAST(:prints AS text[]), CAST(:payloads AS bytea[]))
+         AS t(i, f, r)
     ON CONFLICT DO NOTHING
     RETURNING request_id
     """
 )
-_STORE_MANY = text(
-    """
-    UPDATE idempotency_key AS k SET response = t.payload
-    FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS bytea[])) AS t(request_id, payload)
-    WHERE k.method = :method AND k.request_id = t.request_id
-    """
-)
 
 
-async def claim_many(
-    session: AsyncSession, method: str, requests: Sequence[Message]
-) -> tuple[set[str], dict[str, tuple[str, bytes | None]]]:
-    """Claim each request's (method, request_id) in one statement. Returns the ids claimed
-    now, and for the others their stored (fingerprint, response). A claim held by another
-    transaction makes this wait until it commits, as in :func:`run_once`."""
-    rows = [
-        {
-            "method": method,
-            "request_id": request.request_id,  # type: ignore[attr-defined]
-            "fingerprint": fingerprint(request),
-        }
-        for request in requests
-    ]
-    unique = {row["request_id"]: row for row in rows}
+class ConcurrentDuplicate(Exception):
+    """A key was committed by a transaction that did not hold its lock (a writer outside
+    this protocol): roll the batch back and run it again, to answer from the store."""
+
+
+async def answered_many(
+    session: AsyncSession, method: str, request_ids: Sequence[str]
+) -> dict[str, tuple[str, bytes | None]]:
+    """Lock the request ids for this transaction (waiting for any other transaction
+    working on one of them to end), then return the stored (fingerprint, answer) of each
+    id already answered. Look up each id through this once per transaction: its lookup
+    must follow the lock, in a statement of its own, to see what the holder committed."""
+    unique = sorted(set(request_ids))
     if not unique:
-        return set(), {}
-    ordered = sorted(unique.values(), key=lambda row: row["request_id"])
-    claimed = set(
+        return {}
+    await session.execute(_LOCK_KEYS, {"method": method, "ids": unique})
+    rows = await session.execute(_ANSWERED, {"method": method, "ids": unique})
+    return {row.request_id: (row.fingerprint, row.response) for row in rows}
+
+
+async def record_answers(
+    session: AsyncSession,
+    method: str,
+    requests: Mapping[str, Message],
+    responses: Mapping[str, Message],
+) -> None:
+    """Write each answered request's key, fingerprint and answer, in request id order (two
+    batches sharing ids wait for each other instead of deadlocking). Requests that failed
+    are left out, so a corrected retry can run. Raises :class:`ConcurrentDuplicate` if a
+    key was committed meanwhile by another transaction."""
+    ids = sorted(responses)
+    if not ids:
+        return
+    written = set(
         (
             await session.execute(
-                _CLAIM_MANY,
+                _RECORD_ANSWERS,
                 {
                     "method": method,
-                    "ids": [row["request_id"] for row in ordered],
-                    "prints": [row["fingerprint"] for row in ordered],
+                    "ids": ids,
+                    "prints": [fingerprint(requests[i]) for i in ids],
+                    "payloads": [responses[i].SerializeToString(deterministic=True) for i in ids],
                 },
             )
         ).scalars()
     )
-    others = sorted(set(unique) - claimed)
-    stored: dict[str, tuple[str, bytes | None]] = {}
-    if others:
-        for row in await session.execute(
-            select(
-                idempotency_key.c.request_id,
-                idempotency_key.c.fingerprint,
-                idempotency_key.c.response,
-            ).where(idempotency_key.c.method == method, idempotency_key.c.request_id.in_(others))
-        ):
-            stored[row.request_id] = (row.fingerprint, row.response)
-    return claimed, stored
-
-
-async def store_many(session: AsyncSession, method: str, responses: Mapping[str, Message]) -> None:
-    if not responses:
-        return
-    ids = list(responses)
-    await session.execute(
-        _STORE_MANY,
-        {
-            "method": method,
-            "ids": ids,
-            "payloads": [responses[i].SerializeToString(deterministic=True) for i in ids],
-        },
-    )
-
-
-async def unclaim_many(session: AsyncSession, method: str, request_ids: Sequence[str]) -> None:
-    """Failed requests leave no key behind, so a corrected retry can run."""
-    if request_ids:
-        await session.execute(
-            delete(idempotency_key).where(
-                idempotency_key.c.method == method,
-                idempotency_key.c.request_id.in_(list(request_ids)),
-            )
-        )
+    if len(written) != len(ids):
+        raise ConcurrentDuplicate(sorted(set(ids) - written))
 
 
 def reused(request_id: str, method: str) -> AlreadyExists:

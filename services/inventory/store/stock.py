@@ -790,9 +790,12 @@ async def insert_reservations_many(
     lines: Sequence[Mapping[str, Any]],
     holds: Sequence[Mapping[str, Any]],
 ) -> None:
-    """Rows of a whole batch (every head has lines; a line may hold nothing)."""
+    """Rows of a whole batch (every head has lines; a line may hold nothing). Heads go in
+    owner order: two batches reserving for the same owners then meet on the owner's unique
+    index in the same order, and one waits for the other instead of deadlocking."""
     if not heads:
         return
+    heads = sorted(heads, key=lambda head: (head["owner_type"], head["owner_id"]))
     empty_holds: dict[str, list[Any]] = {
         f"hold_{column}": [] for column in ("reservation_id", "line_id", "warehouse", "quantity")
     }

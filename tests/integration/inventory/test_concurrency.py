@@ -238,3 +238,27 @@ async def test_mixed_modes_on_three_skus_never_oversell(
     assert granted == dict.fromkeys(skus, 100)
     assert observed and min(observed) >= 0
     assert await _books(databases, skus) == dict.fromkeys(skus, 100)
+
+
+async def test_retries_racing_on_two_processes_reserve_once(
+    databases: Databases,
+    two_processes: list[inventory_pb2_grpc.InventoryServiceStub],
+) -> None:
+    """Each of 30 holds is sent 4 times at once, to both processes: one reservation per
+    request id, and every copy gets the same answer (whichever batch wrote it first)."""
+    sku = f"RETRY-{uuid.uuid4().hex[:6]}"
+    stocks = {sku: {"EAST-1": 300, "WEST-1": 200}}
+    await _seed(databases, stocks)
+    await _receive(two_processes[0], stocks)
+    originals = [_hold([(sku, 2)], pb.RESERVATION_MODE_ALL_OR_NOTHING) for _ in range(30)]
+    copies = [request for request in originals for _ in range(4)]
+    answers, observed = await _storm(two_processes, copies, [sku])
+    by_request: dict[str, set[bytes]] = {}
+    for request, answer in zip(copies, answers, strict=True):
+        by_request.setdefault(request.request_id, set()).add(
+            answer.SerializeToString(deterministic=True)
+        )
+    assert all(len(distinct) == 1 for distinct in by_request.values())
+    assert len({a.reservation.reservation_id for a in answers}) == 30
+    assert observed and min(observed) >= 0
+    assert await _books(databases, [sku]) == {sku: 60}
