@@ -79,13 +79,14 @@ class Recorder:
     calls: list[str] = field(default_factory=list)
     seen: dict[str, asyncio.Event] = field(default_factory=dict)
     fail: bool = False
+    fail_for: set[str] = field(default_factory=set)  # aggregates whose events always fail
 
     def expect(self, aggregate_id: str) -> asyncio.Event:
         return self.seen.setdefault(aggregate_id, asyncio.Event())
 
     async def __call__(self, session: object, envelope: envelope_pb2.EventEnvelope) -> None:
         self.calls.append(envelope.aggregate_id)
-        if self.fail:
+        if self.fail or envelope.aggregate_id in self.fail_for:
             self.expect(envelope.aggregate_id).set()
             raise RuntimeError("handler always fails")
         await session.execute(  # type: ignore[attr-defined]
@@ -116,11 +117,13 @@ async def _effects(runtime: Runtime, aggregate_id: str) -> int:
         )
 
 
-def _consumer(runtime: Runtime, handler: Recorder, **kwargs: object) -> bus.Consumer:
+def _consumer(
+    runtime: Runtime, handler: Recorder, subject: str = SUBJECT, **kwargs: object
+) -> bus.Consumer:
     spec = bus.ConsumerSpec(
         durable=f"test_{uuid.uuid4().hex[:10]}",
         stream=STREAM,
-        subjects=[SUBJECT],
+        subjects=[subject],
         handler=handler,
     )
     options: dict[str, object] = {
@@ -278,7 +281,9 @@ async def test_dead_letter_after_max_deliveries(
 
     async with Running(consumer):
         row = await eventually(dead_lettered, what="a dead_letter row")
-    assert handler.calls.count(aggregate) == 3
+    # Three deliveries, each running the handler (the first maybe twice: in its batch, then
+    # alone), and no effect.
+    assert 3 <= handler.calls.count(aggregate) <= 4
     assert row.deliveries == 3 and row.consumer == consumer.spec.durable  # type: ignore[attr-defined]
     assert "handler always fails" in row.error  # type: ignore[attr-defined]
     dlq_message = await consumer_runtime.js.get_last_msg(
@@ -288,6 +293,59 @@ async def test_dead_letter_after_max_deliveries(
     assert dlq_message.headers is not None
     assert dlq_message.headers["dwf-dlq-original-subject"] == SUBJECT
     assert await _effects(consumer_runtime, aggregate) == 0
+
+
+async def test_one_failing_event_in_a_batch_leaves_the_others_applied_once(
+    producer: Runtime, consumer_runtime: Runtime
+) -> None:
+    """A batch is applied in one transaction; when one handler fails the batch runs again
+    event by event: the others take effect exactly once, the failing one alone is retried
+    and dead-lettered, and every message is settled."""
+    good = [f"order-{uuid.uuid4()}" for _ in range(5)]
+    bad = f"order-{uuid.uuid4()}"
+    # A subject of this test's own, so the six events are all the consumer sees.
+    subject = f"dwf.{PRODUCER}.batch_test_{uuid.uuid4().hex[:8]}.v1"
+    envelopes = [await _record(producer, aggregate) for aggregate in [*good[:2], bad, *good[2:]]]
+    await OutboxRelay(producer.engine, producer.js, PRODUCER).relay_batch()  # leave none behind
+    for envelope in envelopes:
+        await producer.js.publish(
+            subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": f"copy-{envelope.id}"}
+        )
+    handler = Recorder(fail_for={bad})
+    consumer = _consumer(consumer_runtime, handler, subject, max_deliver=2)
+    batches: list[int] = []
+    original_batch = consumer.process_batch
+
+    async def counted(messages: Sequence[object]) -> None:
+        batches.append(len(messages))
+        await original_batch(messages)  # type: ignore[arg-type]
+
+    consumer.process_batch = counted  # type: ignore[method-assign,assignment]
+
+    async def dead_lettered() -> object:
+        async with consumer_runtime.engine.connect() as conn:
+            return (
+                await conn.execute(
+                    select(dead_letter).where(dead_letter.c.event_id == envelopes[2].id)
+                )
+            ).first()
+
+    async with Running(consumer):
+        row = await eventually(dead_lettered, what="the failing event dead-lettered")
+
+        async def settled() -> bool:
+            info = await consumer_runtime.js.consumer_info(STREAM, consumer.spec.durable)
+            return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+        await eventually(settled, what="every message settled")
+    assert batches[0] == 6  # the six arrived as one batch
+    assert [await _effects(consumer_runtime, aggregate) for aggregate in good] == [1] * 5
+    assert await _effects(consumer_runtime, bad) == 0
+    assert row.deliveries == 2  # type: ignore[attr-defined]
+    # In the batch, then alone; its redelivery runs alone at once.
+    assert handler.calls.count(bad) == 3
+    # The batch attempt stopped at the failing event: the two before it ran twice.
+    assert [handler.calls.count(aggregate) for aggregate in good] == [2, 2, 1, 1, 1]
 
 
 RELAY_CRASH_SCRIPT = Path(__file__).with_name("relay_crash.py")
