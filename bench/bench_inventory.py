@@ -19,7 +19,15 @@ import grpc
 from google.protobuf import duration_pb2
 from sqlalchemy import text
 
-from bench.support import Servers, echo_process, processes, run_load, servers, service_process
+from bench.support import (
+    Servers,
+    echo_process,
+    processes,
+    run_load,
+    run_load_cpu,
+    servers,
+    service_process,
+)
 from chassis.context import new_id
 from chassis.server import Runtime
 from dwf.inventory.v1 import inventory_pb2 as pb
@@ -155,7 +163,8 @@ async def through_grpc(env: Servers) -> None:
         service_process(env.settings("inventory", grpc_port=p, db_pool_size=16)) for p in ports
     ]
     echo = echo_process()
-    async with processes([*commands, echo]):
+    async with processes([*commands, echo]) as started:
+        service_pids, echo_pids = [p.pid for p in started[:2]], [started[2].pid]
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p}") for p in ports]
         stubs = [inventory_pb2_grpc.InventoryServiceStub(c) for c in channels]
         await seed(runtime, stubs[0], [hot], GRPC_REQUESTS * 2)
@@ -180,15 +189,24 @@ async def through_grpc(env: Servers) -> None:
 
         await run_load(echo_once, 500, 64)  # warm-up of both paths
         await run_load(get_availability, 500, 64)
-        echo_load = await run_load(echo_once, GRPC_REQUESTS, 64)
-        hot_load = await run_load(reserve_hot, GRPC_REQUESTS, 64)
-        cold_load = await run_load(reserve_cold, GRPC_REQUESTS, 64)
-        availability_load = await run_load(get_availability, GRPC_REQUESTS, 64)
+        echo_load, echo_cpu = await run_load_cpu(echo_once, GRPC_REQUESTS, 64, echo_pids)
+        hot_load, hot_cpu = await run_load_cpu(reserve_hot, GRPC_REQUESTS, 64, service_pids)
+        cold_load, cold_cpu = await run_load_cpu(reserve_cold, GRPC_REQUESTS, 64, service_pids)
+        availability_load, availability_cpu = await run_load_cpu(
+            get_availability, GRPC_REQUESTS, 64, service_pids
+        )
         print(f"2-4. through gRPC, 64 in flight, 2 inventory processes, {GRPC_REQUESTS} calls")
-        print("   " + echo_load.line("baseline: raw grpc.aio echo"))
-        print("   " + hot_load.line("Reserve, hot SKU"))
-        print("   " + cold_load.line(f"Reserve, cold SKUs ({COLD_SKUS})"))
-        print("   " + availability_load.line("GetAvailability"))
+        print("   (server CPU per call: user + system time of the server processes / calls)")
+        print("   " + echo_load.line("baseline: raw grpc.aio echo") + f"   cpu {echo_cpu:,.0f} us")
+        print("   " + hot_load.line("Reserve, hot SKU") + f"   cpu {hot_cpu:,.0f} us")
+        print(
+            "   "
+            + cold_load.line(f"Reserve, cold SKUs ({COLD_SKUS})")
+            + f"   cpu {cold_cpu:,.0f} us"
+        )
+        print(
+            "   " + availability_load.line("GetAvailability") + f"   cpu {availability_cpu:,.0f} us"
+        )
         print(
             f"   Reserve hot {hot_load.rate / echo_load.rate:.2f}x echo (target >= 0.6x); "
             f"GetAvailability {availability_load.rate / echo_load.rate:.2f}x echo "

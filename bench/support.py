@@ -16,6 +16,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from chassis import db
 from chassis.config import ServiceSettings
 from chassis.migrations import upgrade
@@ -92,8 +94,10 @@ def service_env(settings: ServiceSettings) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def processes(commands: list[tuple[list[str], dict[str, str], int]]) -> AsyncIterator[None]:
-    """Start (argv, env, port) processes and wait until each reports SERVING."""
+async def processes(
+    commands: list[tuple[list[str], dict[str, str], int]],
+) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
+    """Start (argv, env, port) processes and wait until each reports SERVING; yields them."""
     started = [
         subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for argv, env, _ in commands
@@ -105,7 +109,7 @@ async def processes(commands: list[tuple[list[str], dict[str, str], int]]) -> As
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"process on port {port} did not become SERVING")
                 await asyncio.sleep(0.1)  # readiness poll of a child process
-        yield
+        yield started
     finally:
         for process in started:
             process.terminate()
@@ -167,3 +171,17 @@ async def run_load(call: Callable[[int], Awaitable[object]], total: int, in_flig
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     return Load(total, time.perf_counter() - started, latencies, errors)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU used so far by these processes."""
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+async def run_load_cpu(
+    call: Callable[[int], Awaitable[object]], total: int, in_flight: int, pids: list[int]
+) -> tuple[Load, float]:
+    """``run_load``, plus the CPU those processes used per call, in microseconds."""
+    before = cpu_seconds(pids)
+    load = await run_load(call, total, in_flight)
+    return load, (cpu_seconds(pids) - before) / total * 1e6
