@@ -8,8 +8,6 @@ outcome follows as events (OrderCanceled, ReturnAuthorized…).
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from chassis.errors import PreconditionViolation as Violation
+from chassis.pagination import encode_page_token, page_after
 from chassis.protos import ts
 from chassis.server import Runtime
 from chassis.validation import Violations
@@ -49,25 +48,6 @@ CATEGORY_NAMES = {
     for name, value in fpb.ExceptionCategory.items()
     if value
 }
-
-
-def _token(filters: Any, last_seen: datetime, exception_id: str) -> str:
-    raw = json.dumps({"f": filters, "t": last_seen.isoformat(), "k": exception_id})
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def _after(token: str, filters: Any) -> tuple[datetime, str] | None:
-    if not token:
-        return None
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if raw["f"] != filters:
-            raise ValueError("filters changed")
-        return datetime.fromisoformat(raw["t"]), str(raw["k"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(
-            [FieldViolation("page_token", "not a token of this query")], reason="BAD_PAGE_TOKEN"
-        ) from exc
 
 
 class FulfillmentService(fulfillment_pb2_grpc.FulfillmentServiceServicer):
@@ -204,18 +184,7 @@ class FulfillmentService(fulfillment_pb2_grpc.FulfillmentServiceServicer):
         v.raise_if_any()
 
         async def work(session: AsyncSession) -> fpb.ResolveExceptionResponse:
-            found = await store.load_exception(session, request.exception_id, for_update=True)
-            if found is None:
-                raise NotFound(
-                    f"exception {request.exception_id!r} not found", "EXCEPTION_NOT_FOUND"
-                )
-            record, task_key = found
-            if record.state != fpb.EXCEPTION_STATE_OPEN:
-                raise FailedPrecondition(
-                    "only an OPEN exception can be resolved",
-                    "EXCEPTION_NOT_OPEN",
-                    [Violation("EXCEPTION_STATE", record.exception_id, "not OPEN")],
-                )
+            record, task_key = await _open_exception(session, request.exception_id, "resolved")
             if request.action not in record.safe_actions:
                 raise FailedPrecondition(
                     "that action is not safe for this exception",
@@ -309,13 +278,14 @@ class FulfillmentService(fulfillment_pb2_grpc.FulfillmentServiceServicer):
     ) -> fpb.ListExceptionsResponse:
         v = Violations()
         v.check(request.page_size >= 0, "page_size", "must be >= 0")
-        v.raise_if_any()
         states = [STATE_NAMES[s] for s in request.states if s in STATE_NAMES] or [
             "OPEN",
             "RETRYING",
         ]
         categories = [CATEGORY_NAMES[c] for c in request.categories if c in CATEGORY_NAMES]
         filters = [sorted(states), sorted(categories), request.order_id, list(request.channel_ids)]
+        after = page_after(v, request.page_token, filters)
+        v.raise_if_any()
         size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         async with self.runtime.reads.connect() as connection:
             rows = await store.list_exceptions(
@@ -323,7 +293,7 @@ class FulfillmentService(fulfillment_pb2_grpc.FulfillmentServiceServicer):
                 order_id=request.order_id,
                 states=states,
                 categories=categories,
-                after=_after(request.page_token, filters),
+                after=after,
                 limit=size + 1,
             )
         records = [fpb.ExceptionRecord.FromString(r.document) for r in rows]
@@ -337,7 +307,7 @@ class FulfillmentService(fulfillment_pb2_grpc.FulfillmentServiceServicer):
         token = ""
         if len(rows) > size:
             last = rows[size - 1]
-            token = _token(filters, last.last_seen_at, last.exception_id)
+            token = encode_page_token(filters, last.last_seen_at, last.exception_id)
             records = records[:size]
         return fpb.ListExceptionsResponse(exceptions=records, next_page_token=token)
 
@@ -351,18 +321,7 @@ class FulfillmentService(fulfillment_pb2_grpc.FulfillmentServiceServicer):
         v.raise_if_any()
 
         async def work(session: AsyncSession) -> fpb.RetryExceptionResponse:
-            found = await store.load_exception(session, request.exception_id, for_update=True)
-            if found is None:
-                raise NotFound(
-                    f"exception {request.exception_id!r} not found", "EXCEPTION_NOT_FOUND"
-                )
-            record, task_key = found
-            if record.state != fpb.EXCEPTION_STATE_OPEN:
-                raise FailedPrecondition(
-                    "only an OPEN exception can be retried",
-                    "EXCEPTION_NOT_OPEN",
-                    [Violation("EXCEPTION_STATE", record.exception_id, "not OPEN")],
-                )
+            record, task_key = await _open_exception(session, request.exception_id, "retried")
             fixing = request.HasField("fix")
             wanted = (
                 fpb.EXCEPTION_ACTION_FIX_DATA_AND_RETRY if fixing else fpb.EXCEPTION_ACTION_RETRY
@@ -422,3 +381,20 @@ class FulfillmentService(fulfillment_pb2_grpc.FulfillmentServiceServicer):
             .where(order_workflow.c.order_id == order_id)
             .values(document=order.SerializeToString(), updated_at=datetime.now(UTC))
         )
+
+
+async def _open_exception(
+    session: AsyncSession, exception_id: str, verb: str
+) -> tuple[fpb.ExceptionRecord, str]:
+    """The exception (locked) and its step's task key; it must exist and be OPEN."""
+    found = await store.load_exception(session, exception_id, for_update=True)
+    if found is None:
+        raise NotFound(f"exception {exception_id!r} not found", "EXCEPTION_NOT_FOUND")
+    record, task_key = found
+    if record.state != fpb.EXCEPTION_STATE_OPEN:
+        raise FailedPrecondition(
+            f"only an OPEN exception can be {verb}",
+            "EXCEPTION_NOT_OPEN",
+            [Violation("EXCEPTION_STATE", record.exception_id, "not OPEN")],
+        )
+    return record, task_key

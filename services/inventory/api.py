@@ -8,10 +8,8 @@ outbox events). RPCs not overridden here answer UNIMPLEMENTED until their part l
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import functools
-import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -41,6 +39,7 @@ from chassis.idempotency import (
     reused,
 )
 from chassis.outbox import PendingEvent, caller_context
+from chassis.pagination import encode_page_token, filters_of, page_after
 from chassis.protos import ts
 from chassis.server import Runtime
 from chassis.validation import Violations
@@ -1691,17 +1690,8 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         for i, kind in enumerate(request.kinds):
             if v.check(kind in MOVEMENT_KINDS, f"kinds[{i}]", "unknown movement kind"):
                 kinds.append(MOVEMENT_KINDS[kind])
-        filters = request.__class__()
-        filters.CopyFrom(request)
-        filters.ClearField("page_size")
-        filters.ClearField("page_token")
-        fingerprint = hashlib.sha256(filters.SerializeToString(deterministic=True)).hexdigest()[:16]
-        after = None
-        if request.page_token:
-            after = decode_token(request.page_token, fingerprint)
-            v.check(
-                after is not None, "page_token", "invalid, or from a call with different filters"
-            )
+        filters = filters_of(request)
+        after = page_after(v, request.page_token, filters, uuid_key=True)
         v.raise_if_any()
         limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         async with self.runtime.sessions() as session:
@@ -1721,20 +1711,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
                 else None,
             )
         page, more = rows[:limit], len(rows) > limit
-        token = encode_token(page[-1].recorded_at, page[-1].entry_id, fingerprint) if more else ""
+        token = (
+            encode_page_token(filters, page[-1].recorded_at, str(page[-1].entry_id)) if more else ""
+        )
         return pb.ListLedgerResponse(entries=[ledger_proto(r) for r in page], next_page_token=token)
-
-
-def encode_token(recorded_at: datetime, entry_id: str, fingerprint: str) -> str:
-    raw = f"{fingerprint}|{recorded_at.isoformat()}|{entry_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_token(token: str, fingerprint: str) -> tuple[datetime, str] | None:
-    try:
-        stamp, recorded_at, entry_id = base64.urlsafe_b64decode(token).decode().split("|")
-        if stamp != fingerprint:
-            return None
-        return datetime.fromisoformat(recorded_at), str(uuid.UUID(entry_id))
-    except (ValueError, UnicodeDecodeError):
-        return None

@@ -8,14 +8,11 @@ events).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
 
-from google.protobuf.message import Message
 from sqlalchemy import (
     Integer,
     LargeBinary,
@@ -35,6 +32,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from chassis.pagination import encode_page_token, filters_of, page_after
 from chassis.protos import ts
 from chassis.schema import dead_letter, inbox
 from chassis.server import Runtime
@@ -154,29 +152,6 @@ def dead_letter_proto(row: Any) -> pb.DeadLetter:
 
 
 # --- paging (AIP-158) -----------------------------------------------------------------------
-
-
-def filter_fingerprint(request: Message) -> str:
-    filters = request.__class__()
-    filters.CopyFrom(request)
-    filters.ClearField("page_size")
-    filters.ClearField("page_token")
-    return hashlib.sha256(filters.SerializeToString(deterministic=True)).hexdigest()[:16]
-
-
-def encode_token(at: datetime, key: str, fingerprint: str) -> str:
-    raw = f"{fingerprint}|{at.isoformat()}|{key}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_token(token: str, fingerprint: str) -> tuple[datetime, str] | None:
-    try:
-        stamp, at, key = base64.urlsafe_b64decode(token).decode().split("|")
-        if stamp != fingerprint:
-            return None
-        return datetime.fromisoformat(at), key
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def page_size(v: Violations, value: int) -> int:
@@ -442,11 +417,8 @@ class NotificationService(notifications_pb2_grpc.NotificationServiceServicer):
         for i, state in enumerate(request.states):
             if v.check(state in DELIVERY_STATES, f"states[{i}]", "unknown or unspecified state"):
                 states.append(DELIVERY_STATES[state])
-        fingerprint = filter_fingerprint(request)
-        after = None
-        if request.page_token:
-            after = decode_token(request.page_token, fingerprint)
-            v.check(after is not None, "page_token", "invalid, or from a call with other filters")
+        fingerprint = filters_of(request)
+        after = page_after(v, request.page_token, fingerprint)
         v.raise_if_any()
         delivery_key = cast(delivery.c.delivery_id, Text)
         query = select(delivery).order_by(delivery.c.created_at.desc(), delivery_key.desc())
@@ -471,7 +443,7 @@ class NotificationService(notifications_pb2_grpc.NotificationServiceServicer):
             rows = (await conn.execute(query.limit(limit + 1))).all()
         page, more = rows[:limit], len(rows) > limit
         token = (
-            encode_token(page[-1].created_at, str(page[-1].delivery_id), fingerprint)
+            encode_page_token(fingerprint, page[-1].created_at, str(page[-1].delivery_id))
             if more
             else ""
         )
@@ -487,11 +459,8 @@ class NotificationService(notifications_pb2_grpc.NotificationServiceServicer):
         v = Violations()
         limit = page_size(v, request.page_size)
         check_filter(v, request.filter)
-        fingerprint = filter_fingerprint(request)
-        after = None
-        if request.page_token:
-            after = decode_token(request.page_token, fingerprint)
-            v.check(after is not None, "page_token", "invalid, or from a call with other filters")
+        fingerprint = filters_of(request)
+        after = page_after(v, request.page_token, fingerprint)
         v.raise_if_any()
         view = dead_letter_view()
         conditions = filter_conditions(view, request.filter)
@@ -509,7 +478,9 @@ class NotificationService(notifications_pb2_grpc.NotificationServiceServicer):
         async with self.runtime.reads.connect() as conn:
             rows = (await conn.execute(query)).all()
         page, more = rows[:limit], len(rows) > limit
-        token = encode_token(page[-1].dead_lettered_at, page[-1].id, fingerprint) if more else ""
+        token = (
+            encode_page_token(fingerprint, page[-1].dead_lettered_at, page[-1].id) if more else ""
+        )
         return pb.ListDeadLettersResponse(
             dead_letters=[dead_letter_proto(r) for r in page], next_page_token=token
         )

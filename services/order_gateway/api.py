@@ -10,7 +10,6 @@ request_id derived from it, so a retry replays them instead of acting twice.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
@@ -36,6 +35,7 @@ from chassis.errors import (
     PreconditionViolation,
 )
 from chassis.outbox import PendingEvent
+from chassis.pagination import encode_page_token, page_after
 from chassis.protos import ts
 from chassis.server import Runtime
 from chassis.validation import Violations
@@ -259,25 +259,6 @@ def hold_not_active(held: pb.Hold, state: pb.HoldState.ValueType) -> FailedPreco
         [PreconditionViolation("HOLD_STATE", held.hold_id, f"state is {name}")],
         {"hold_id": held.hold_id, "state": name},
     )
-
-
-def page_token(filters: Any, created_at: datetime, key: str) -> str:
-    raw = json.dumps({"f": filters, "c": created_at.isoformat(), "k": key})
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def read_page_token(token: str, filters: Any) -> tuple[datetime, str] | None:
-    if not token:
-        return None
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if raw["f"] != filters:
-            raise ValueError("filters changed")
-        return datetime.fromisoformat(raw["c"]), str(raw["k"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(
-            [FieldViolation("page_token", "not a token of this query")], reason="BAD_PAGE_TOKEN"
-        ) from exc
 
 
 # --- the gateway ----------------------------------------------------------------------------
@@ -1025,14 +1006,15 @@ class OrderGatewayService(order_gateway_pb2_grpc.OrderGatewayServiceServicer):
             filters.created_after.isoformat() if filters.created_after else "",
             filters.created_before.isoformat() if filters.created_before else "",
         ]
-        after = read_page_token(request.page_token, filter_key)
+        after = page_after(v, request.page_token, filter_key)
+        v.raise_if_any()
         size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         async with self.runtime.reads.connect() as connection:
             rows = await store.list_orders(connection, filters, after, size + 1)
         token = ""
         if len(rows) > size:
             rows = rows[:size]
-            token = page_token(filter_key, rows[-1][0], rows[-1][1].order_id)
+            token = encode_page_token(filter_key, rows[-1][0], rows[-1][1].order_id)
         return pb.ListOrdersResponse(orders=[order for _, order in rows], next_page_token=token)
 
     async def WatchOrder(
@@ -1321,8 +1303,8 @@ class MasterDataService(master_data_pb2_grpc.MasterDataServiceServicer):
         require_admin(await self.gateway.auth.principal(context))
         v = Violations()
         v.check(request.page_size >= 0, "page_size", "must be >= 0")
+        after = page_after(v, request.page_token, [request.channel_id], uuid_key=True)
         v.raise_if_any()
-        after = read_page_token(request.page_token, [request.channel_id])
         size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         async with self.runtime.reads.connect() as connection:
             rows = await store.list_ingest_exceptions(
@@ -1331,7 +1313,7 @@ class MasterDataService(master_data_pb2_grpc.MasterDataServiceServicer):
         token = ""
         if len(rows) > size:
             rows = rows[:size]
-            token = page_token(
+            token = encode_page_token(
                 [request.channel_id], rows[-1].received_at, str(rows[-1].exception_id)
             )
         return master_data_pb2.ListIngestExceptionsResponse(
