@@ -21,14 +21,23 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import nats
 from sqlalchemy import text
 
-from bench.support import Load, Servers, echo_process, processes, servers, service_process
+from bench.support import (
+    Load,
+    Servers,
+    cpu_seconds,
+    echo_process,
+    processes,
+    servers,
+    service_process,
+)
 from chassis import bus
 from chassis.events import STREAMS
 from chassis.server import Runtime
@@ -58,11 +67,22 @@ AUTH = (("authorization", f"Bearer {CHANNEL_KEY}"),)
 ADMIN_AUTH = (("authorization", f"Bearer {ADMIN_KEY}"),)
 
 
+@dataclass
+class Run:
+    load: Load
+    error: BaseException | None  # the first failure, if any (to say why, not just how many)
+    cpu_seconds: float  # used meanwhile by the processes watched (the server under test)
+
+
 async def run_for(
-    call: Callable[[int], Awaitable[object]], seconds: float, in_flight: int
-) -> tuple[Load, BaseException | None]:
+    call: Callable[[int], Awaitable[object]],
+    seconds: float,
+    in_flight: int,
+    watched: Sequence[int] = (),
+) -> Run:
     """``in_flight`` workers call back to back for ``seconds``; call(i) gets the request
-    index. Also returns the first failure, if any (to say why, not just how many)."""
+    index. ``watched`` are server pids whose CPU time is measured meanwhile."""
+    cpu_before = cpu_seconds(list(watched))
     counter = itertools.count()
     latencies: list[float] = []
     errors = 0
@@ -83,24 +103,29 @@ async def run_for(
             latencies.append((time.perf_counter() - began) * 1000)
 
     await asyncio.gather(*(worker() for _ in range(in_flight)))
-    return Load(len(latencies), time.perf_counter() - started, latencies, errors), first_error
+    load = Load(len(latencies), time.perf_counter() - started, latencies, errors)
+    return Run(load, first_error, cpu_seconds(list(watched)) - cpu_before)
 
 
-def merged(runs: list[tuple[Load, BaseException | None]]) -> tuple[Load, BaseException | None]:
-    loads = [load for load, _ in runs]
-    return (
+def merged(runs: list[Run]) -> Run:
+    loads = [run.load for run in runs]
+    return Run(
         Load(
             sum(load.requests for load in loads),
             sum(load.seconds for load in loads),
             [ms for load in loads for ms in load.latencies_ms],
             sum(load.errors for load in loads),
         ),
-        next((error for _, error in runs if error is not None), None),
+        next((run.error for run in runs if run.error is not None), None),
+        sum(run.cpu_seconds for run in runs),
     )
 
 
-def report(load: Load, name: str, error: BaseException | None) -> None:
-    print("   " + load.line(name))
+def report(run: Run, name: str) -> None:
+    load, error = run.load, run.error
+    per_call = run.cpu_seconds / max(load.requests, 1) * 1e6
+    cpu = f"   server cpu {per_call:,.0f} us" if run.cpu_seconds else ""
+    print("   " + load.line(name) + cpu)
     if error is not None:
         details = error.details() if isinstance(error, grpc.aio.AioRpcError) else ""
         print(f"      first error: {type(error).__name__} {details or error}"[:300])
@@ -243,6 +268,8 @@ async def check_availability(
     stub: order_gateway_pb2_grpc.OrderGatewayServiceAsyncStub,
     echo_port: int,
     hot: list[str],
+    gateway_pid: int,
+    echo_pid: int,
 ) -> None:
     requests = [
         pb.CheckAvailabilityRequest(
@@ -284,16 +311,20 @@ async def check_availability(
         # noisy neighbour) affects both sides alike.
         echo_runs, check_runs = [], []
         for _ in range(2):
-            echo_runs.append(await run_for(echo_once, SECONDS / 2, AVAILABILITY_IN_FLIGHT))
-            check_runs.append(await run_for(check_once, SECONDS / 2, AVAILABILITY_IN_FLIGHT))
-        echo_load, echo_error = merged(echo_runs)
-        check_load, check_error = merged(check_runs)
+            echo_runs.append(
+                await run_for(echo_once, SECONDS / 2, AVAILABILITY_IN_FLIGHT, [echo_pid])
+            )
+            check_runs.append(
+                await run_for(check_once, SECONDS / 2, AVAILABILITY_IN_FLIGHT, [gateway_pid])
+            )
+        echo, check = merged(echo_runs), merged(check_runs)
+        echo_load, check_load = echo.load, check.load
     print(
         f"1. CheckAvailability, 1 gateway process, hot read model ({len(hot)} SKUs, "
         f"2 items per request), {AVAILABILITY_IN_FLIGHT} in flight, {SECONDS:g} s each"
     )
-    report(echo_load, "baseline: raw grpc.aio echo", echo_error)
-    report(check_load, "CheckAvailability", check_error)
+    report(echo, "baseline: raw grpc.aio echo")
+    report(check, "CheckAvailability")
     print(
         f"   throughput {check_load.rate / echo_load.rate:.2f}x echo (target >= 0.7x); "
         f"p99 {check_load.percentile(0.99) / echo_load.percentile(0.99):.2f}x echo p99 "
@@ -302,7 +333,10 @@ async def check_availability(
 
 
 async def accept_orders(
-    env: Servers, stub: order_gateway_pb2_grpc.OrderGatewayServiceAsyncStub, skus: list[str]
+    env: Servers,
+    stub: order_gateway_pb2_grpc.OrderGatewayServiceAsyncStub,
+    skus: list[str],
+    server_pids: list[int],
 ) -> None:
     rng = random.Random(7)
     accepted = 0
@@ -319,7 +353,7 @@ async def accept_orders(
         accepted_quantity += sum(line.quantity.value for line in request.lines)
 
     await run_for(accept_once, WARM_UP_SECONDS, ORDER_IN_FLIGHT)
-    load, error = await run_for(accept_once, SECONDS, ORDER_IN_FLIGHT)
+    run = await run_for(accept_once, SECONDS, ORDER_IN_FLIGHT, server_pids)
 
     gateway = Runtime(env.settings("order_gateway"))
     inventory = Runtime(env.settings("inventory"))
@@ -352,7 +386,7 @@ async def accept_orders(
         f"2. AcceptOrder, gateway + inventory processes, {ORDER_IN_FLIGHT} in flight, "
         f"1-3 lines on {len(skus)} SKUs, {SECONDS:g} s"
     )
-    report(load, "AcceptOrder (new request_id + order id)", error)
+    report(run, "AcceptOrder (new request_id + order id)")
     print(
         f"   orders in the gateway {orders} = successful answers {accepted} "
         f"({'ok' if orders == accepted else 'MISMATCH'}; warm-up included); "
@@ -381,7 +415,7 @@ async def main() -> None:
         gateway[1]["DWF_GATEWAY_INVENTORY_TARGET"] = f"127.0.0.1:{inventory_port}"
         echo = echo_process()
         async with (
-            processes([inventory, gateway, echo]),
+            processes([inventory, gateway, echo]) as (inventory_process, gateway_process, echo_),
             grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}") as gateway_channel,
             grpc.aio.insecure_channel(f"127.0.0.1:{inventory_port}") as inventory_channel,
         ):
@@ -395,8 +429,9 @@ async def main() -> None:
                 f"order gateway bench: {os.cpu_count()} CPUs; read model warm "
                 f"{waited:.1f} s after the receipts"
             )
-            await check_availability(stub, echo[2], hot)
-            await accept_orders(env, stub, pool)
+            await check_availability(stub, echo[2], hot, gateway_process.pid, echo_.pid)
+            # Gateway + inventory (Postgres and NATS are shared with the client's machine).
+            await accept_orders(env, stub, pool, [gateway_process.pid, inventory_process.pid])
     print(f"   (wall time {time.monotonic() - started:.0f} s)")
 
 

@@ -24,7 +24,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ARRAY, BigInteger, any_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from chassis.context import causation_id_var, correlation_id_var, new_id
@@ -199,6 +199,22 @@ class EventRecorder:
         return envelopes
 
 
+# The relay's statements, built once: it runs them after every commit that wrote events, and
+# building a statement (and its cache key) costs more than executing it.
+_TRY_RELAY_LOCK = select(func.pg_try_advisory_xact_lock(func.hashtext(bindparam("name"))))
+_UNPUBLISHED = (
+    select(outbox.c.position, outbox.c.event_id, outbox.c.subject, outbox.c.body, outbox.c.headers)
+    .where(outbox.c.published_at.is_(None))
+    .order_by(outbox.c.position)
+    .limit(bindparam("limit"))
+)
+_MARK_PUBLISHED = (
+    update(outbox)
+    .where(outbox.c.position == any_(bindparam("positions", type_=ARRAY(BigInteger))))
+    .values(published_at=func.now())
+)
+
+
 def _now() -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.GetCurrentTime()
@@ -231,25 +247,10 @@ class OutboxRelay:
     async def relay_batch(self) -> int:
         """Publish up to one batch; 0 when there is nothing to do or another relay holds it."""
         async with self.engine.begin() as conn:
-            locked = await conn.scalar(
-                select(func.pg_try_advisory_xact_lock(func.hashtext(f"dwf-relay:{self.schema}")))
-            )
+            locked = await conn.scalar(_TRY_RELAY_LOCK, {"name": f"dwf-relay:{self.schema}"})
             if not locked:
                 return 0
-            rows = (
-                await conn.execute(
-                    select(
-                        outbox.c.position,
-                        outbox.c.event_id,
-                        outbox.c.subject,
-                        outbox.c.body,
-                        outbox.c.headers,
-                    )
-                    .where(outbox.c.published_at.is_(None))
-                    .order_by(outbox.c.position)
-                    .limit(self.batch_size)
-                )
-            ).all()
+            rows = (await conn.execute(_UNPUBLISHED, {"limit": self.batch_size})).all()
             # Pipelined: every publish is sent before the first ack is awaited. One
             # connection keeps the stream's order, so per-aggregate order holds.
             acks = [await self._publish(row) for row in rows]
@@ -258,11 +259,7 @@ class OutboxRelay:
                 if self.after_publish is not None:
                     await self.after_publish(row.event_id)
             if rows:
-                await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.position.in_([row.position for row in rows]))
-                    .values(published_at=func.now())
-                )
+                await conn.execute(_MARK_PUBLISHED, {"positions": [row.position for row in rows]})
             return len(rows)
 
     async def _publish(self, row: Any) -> asyncio.Future[Any]:

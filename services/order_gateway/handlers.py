@@ -216,7 +216,10 @@ def consumers(runtime: Runtime) -> Sequence[ConsumerSpec]:
         ConsumerSpec(
             durable=FULFILLMENT_DURABLE,
             stream=STREAMS["fulfillment"].name,
-            subjects=list(STREAMS["fulfillment"].subjects),
+            subjects=[
+                subject_for("fulfillment", t.DESCRIPTOR.full_name)
+                for t in view.FULFILLMENT_EVENTS_TAKEN
+            ],
             handler=order_events,
         ),
     )

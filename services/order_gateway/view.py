@@ -270,6 +270,22 @@ def derive_lifecycle(order: order_gateway_pb2.Order) -> Status:
     return ACCEPTED
 
 
+# The fulfillment events the view takes (see :func:`order_id_of`): the gateway subscribes to
+# these only, so the others (ReleaseAcknowledged, ShipmentPosted, ...) cost it no delivery.
+FULFILLMENT_EVENTS_TAKEN: tuple[type[Message], ...] = (
+    fulfillment_events.ErpOrderBooked,
+    fulfillment_events.OrderStatusChanged,
+    fulfillment_events.OrderCanceled,
+    fulfillment_events.ReturnReceived,
+    fulfillment_events.FulfillmentOrderReleased,
+    fulfillment_events.ShipmentCreated,
+    fulfillment_events.InvoiceCreated,
+    fulfillment_events.CreditMemoCreated,
+    fulfillment_events.ExceptionRaised,
+    fulfillment_events.ExceptionResolved,
+)
+
+
 def order_id_of(payload: Message) -> str | None:
     """The order an owner event is about, or None if the order view does not take it.
 

@@ -77,13 +77,29 @@ def _stored(row: Any) -> StoredOrder:
 async def load_order(
     reader: Reader, order_id: str, *, for_update: bool = False
 ) -> StoredOrder | None:
-    query = select(customer_order).where(
-        customer_order.c.order_id == order_id, customer_order.c.status_sequence > 0
-    )
-    if for_update:
-        query = query.with_for_update()
-    row = (await reader.execute(query)).one_or_none()
+    query = _LOAD_ORDER_FOR_UPDATE if for_update else _LOAD_ORDER
+    row = (await reader.execute(query, {"order_id": order_id})).one_or_none()
     return None if row is None else _stored(row)
+
+
+# The order view's statements run for every event about an order: built once (building one,
+# with its cache key, costs more than running it).
+_LOAD_ORDER = select(customer_order).where(
+    customer_order.c.order_id == bindparam("order_id"), customer_order.c.status_sequence > 0
+)
+_LOAD_ORDER_FOR_UPDATE = _LOAD_ORDER.with_for_update()
+_SAVE_ORDER: dict[frozenset[str], Any] = {}
+
+
+def _save_order_statement(columns: frozenset[str]) -> Any:
+    statement = _SAVE_ORDER.get(columns)
+    if statement is None:
+        statement = _SAVE_ORDER[columns] = (
+            update(customer_order)
+            .where(customer_order.c.order_id == bindparam("key_order_id"))
+            .values({column: bindparam(column) for column in sorted(columns)})
+        )
+    return statement
 
 
 async def load_order_by_channel_key(
@@ -112,7 +128,7 @@ async def save_order(
         "status": int(order.status),
         "status_sequence": int(order.status_sequence),
         "customer_id": order.customer.customer_id,
-        "updated_at": _dt(order, "updated_at") or func.now(),
+        "updated_at": _dt(order, "updated_at") or datetime.now(UTC),
         "document": order.SerializeToString(deterministic=True),
     }
     if order.HasField("created_at"):
@@ -121,9 +137,8 @@ async def save_order(
         values["pending_backorder"] = dict(pending_backorder)
     if view_state is not None:
         values["view_state"] = dict(view_state)
-    await session.execute(
-        update(customer_order).where(customer_order.c.order_id == order.order_id).values(**values)
-    )
+    statement = _save_order_statement(frozenset(values))
+    await session.execute(statement, {**values, "key_order_id": order.order_id})
 
 
 async def add_status_change(
@@ -138,23 +153,39 @@ async def add_status_change(
     (not needed for an order's first status: nobody can be watching it yet, and NOTIFYs
     serialise commits)."""
     await session.execute(
-        insert(order_status_change)
-        .values(
-            order_id=order.order_id,
-            status_sequence=int(order.status_sequence),
-            previous_status=previous_status,
-            status=int(order.status),
-            changed_at=changed_at,
-            document=order.SerializeToString(deterministic=True),
-        )
-        .on_conflict_do_nothing()
+        _ADD_STATUS_CHANGE,
+        {
+            "order_id": order.order_id,
+            "status_sequence": int(order.status_sequence),
+            "previous_status": previous_status,
+            "status": int(order.status),
+            "changed_at": changed_at,
+            "document": order.SerializeToString(deterministic=True),
+        },
     )
     if not notify:
         return
-    await session.execute(
-        text("SELECT pg_notify(:channel, :order_id)"),
-        {"channel": ORDER_CHANGED, "order_id": order.order_id},
+    await session.execute(_NOTIFY, {"channel": ORDER_CHANGED, "order_id": order.order_id})
+
+
+_ADD_STATUS_CHANGE = (
+    insert(order_status_change)
+    .values(
+        {
+            column: bindparam(column)
+            for column in (
+                "order_id",
+                "status_sequence",
+                "previous_status",
+                "status",
+                "changed_at",
+                "document",
+            )
+        }
     )
+    .on_conflict_do_nothing()
+)
+_NOTIFY = text("SELECT pg_notify(:channel, :order_id)")
 
 
 @dataclass(frozen=True)

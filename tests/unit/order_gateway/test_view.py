@@ -1460,3 +1460,39 @@ def test_any_arrival_order_ends_in_the_same_state(flow: Workflow, data: st.DataO
             shown = quantities(order, line_id)
             assert shown == {name: flow.truth.get(name, line_id) for name in QUANTITY_FIELDS}
             assert view.credited(order, line(order, line_id)) == flow.truth.get("credited", line_id)
+
+
+def _about_the_order(message_type: type[Message]) -> Message:
+    """An instance of ``message_type`` naming ORDER_ID wherever it has an order_id, at the top
+    or one message deep (how fulfillment's events carry it)."""
+    payload = message_type()
+    for field_descriptor in payload.DESCRIPTOR.fields:
+        if field_descriptor.name == "order_id":
+            payload.order_id = ORDER_ID  # type: ignore[attr-defined]
+        elif field_descriptor.message_type is not None and not field_descriptor.is_repeated:
+            nested = getattr(payload, field_descriptor.name)
+            if "order_id" in nested.DESCRIPTOR.fields_by_name:
+                nested.order_id = ORDER_ID
+    return payload
+
+
+def test_the_gateway_subscribes_to_every_fulfillment_event_the_view_takes() -> None:
+    """The gateway's fulfillment consumer filters on FULFILLMENT_EVENTS_TAKEN: every other
+    fulfillment event type must be one the view ignores, even when it names the order."""
+    taken = set(view.FULFILLMENT_EVENTS_TAKEN)
+    left_out = []
+    for name in fulfillment_events.DESCRIPTOR.message_types_by_name:
+        message_type = getattr(fulfillment_events, name)
+        payload = _about_the_order(message_type)
+        order = make_order({"1": 2})
+        before = order.SerializeToString(deterministic=True)
+        change = apply_event(order, payload, T0 + timedelta(minutes=1))
+        unchanged = order.SerializeToString(deterministic=True) == before
+        if message_type in taken:
+            assert view.order_id_of(payload) == ORDER_ID, name
+            assert not unchanged or change is not None, name
+        else:
+            left_out.append(name)
+            assert view.order_id_of(payload) is None, name
+            assert unchanged and change is None, name
+    assert left_out  # the filter leaves something out, or it would not be needed
