@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.errors import AlreadyExists, FieldViolation, InvalidArgument
 from chassis.schema import idempotency_key
+from chassis.statements import insert_row, select_where, update_where, where_params
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 
@@ -52,31 +52,30 @@ async def run_once(
     if violation is not None:
         raise InvalidArgument([violation])
     request_fingerprint = fingerprint(request)
-    claimed = await session.scalar(
-        insert(idempotency_key)
-        .values(method=method, request_id=request_id, fingerprint=request_fingerprint)
-        .on_conflict_do_nothing()
-        .returning(idempotency_key.c.request_id)
-    )
+    key = {"method": method, "request_id": request_id}
+    claimed = await session.scalar(_CLAIM_KEY, {**key, "fingerprint": request_fingerprint})
     if claimed is None:
-        stored = (
-            await session.execute(
-                select(idempotency_key.c.fingerprint, idempotency_key.c.response).where(
-                    idempotency_key.c.method == method,
-                    idempotency_key.c.request_id == request_id,
-                )
-            )
-        ).one()
+        stored = (await session.execute(_STORED_ANSWER, where_params(**key))).one()
         if stored.fingerprint != request_fingerprint:
             raise reused(request_id, method)
         return response_type.FromString(stored.response)
     response = await work()
     await session.execute(
-        update(idempotency_key)
-        .where(idempotency_key.c.method == method, idempotency_key.c.request_id == request_id)
-        .values(response=response.SerializeToString(deterministic=True))
+        _STORE_ANSWER,
+        {"response": response.SerializeToString(deterministic=True), **where_params(**key)},
     )
     return response
+
+
+_KEY = ("method", "request_id")
+_CLAIM_KEY = insert_row(
+    idempotency_key,
+    frozenset((*_KEY, "fingerprint")),
+    on_conflict="nothing",
+    returning="request_id",
+)
+_STORED_ANSWER = select_where(idempotency_key, _KEY, columns=("fingerprint", "response"))
+_STORE_ANSWER = update_where(idempotency_key, _KEY, frozenset(("response",)))
 
 
 # --- the same contract for a coalesced batch of requests (one transaction) -------------

@@ -25,13 +25,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.outbox import PendingEvent
 from chassis.protos import ts
 from chassis.server import Runtime
+from chassis.statements import where_params
 from dwf.common.v1 import common_pb2
 from dwf.fulfillment.v1 import events_pb2
 from dwf.fulfillment.v1 import fulfillment_pb2 as fpb
@@ -116,31 +117,58 @@ async def schedule(
     """Add a step once (by task key); ``rearm`` makes an existing one due again (timers);
     ``again_when_done`` only a finished one (a step that is pending or running picks up the
     new work itself, and its lease stays valid)."""
-    values = {
-        "task_key": task_key(kind, subject_id),
-        "order_id": order_id,
-        "kind": kind,
-        "subject_id": subject_id,
-        "due_at": due_at or datetime.now(UTC),
-    }
-    statement = insert(workflow_task).values(**values)
-    if rearm or again_when_done:
-        statement = statement.on_conflict_do_update(
-            index_elements=["task_key"],
-            set_={
-                "state": "PENDING",
-                "due_at": values["due_at"],
-                "attempts": 0,
-                "lease_id": None,
-                "leased_until": None,
-                "updated_at": datetime.now(UTC),
-            },
-            where=None if rearm else workflow_task.c.state == "DONE",
-        )
-    else:
-        statement = statement.on_conflict_do_nothing()
-    await session.execute(statement)
-    await session.execute(text("SELECT pg_notify(:c, '')"), {"c": TASKS_CHANNEL})
+    now = datetime.now(UTC)
+    statement = _SCHEDULE_REARM if rearm else _SCHEDULE_AGAIN if again_when_done else _SCHEDULE_ONCE
+    await session.execute(
+        statement,
+        {
+            "task_key": task_key(kind, subject_id),
+            "order_id": order_id,
+            "kind": kind,
+            "subject_id": subject_id,
+            "due_at": due_at or now,
+            "now": now,
+        },
+    )
+    await session.execute(_NOTIFY_TASKS, {"c": TASKS_CHANNEL})
+
+
+# Scheduling runs several times per order step: its statements are built once.
+_NEW_TASK = insert(workflow_task).values(
+    {c: bindparam(c) for c in ("task_key", "order_id", "kind", "subject_id", "due_at")}
+)
+_SCHEDULE_ONCE = _NEW_TASK.on_conflict_do_nothing()
+_DUE_AGAIN = {
+    "state": "PENDING",
+    "due_at": _NEW_TASK.excluded.due_at,
+    "attempts": 0,
+    "lease_id": None,
+    "leased_until": None,
+    "updated_at": bindparam("now"),
+}
+_SCHEDULE_REARM = _NEW_TASK.on_conflict_do_update(index_elements=["task_key"], set_=_DUE_AGAIN)
+_SCHEDULE_AGAIN = _NEW_TASK.on_conflict_do_update(
+    index_elements=["task_key"], set_=_DUE_AGAIN, where=workflow_task.c.state == "DONE"
+)
+_NOTIFY_TASKS = text("SELECT pg_notify(:c, '')")
+_COMPLETE_TASK = (
+    update(workflow_task)
+    .where(
+        workflow_task.c.task_key == bindparam("where_task_key"),
+        workflow_task.c.lease_id == bindparam("where_lease_id"),
+        workflow_task.c.state == "PENDING",
+    )
+    .values(state="DONE", lease_id=None, leased_until=None, updated_at=bindparam("now"))
+    .returning(workflow_task.c.task_key)
+)
+_UNRESOLVED_EXCEPTION_OF_TASK = (
+    select(exception_record.c.document)
+    .where(
+        exception_record.c.task_key == bindparam("task_key"),
+        exception_record.c.state != "RESOLVED",
+    )
+    .with_for_update()
+)
 
 
 StepHandler = Callable[[Task], Awaitable[None]]
@@ -278,16 +306,11 @@ class TaskEngine:
         still ours; an exception opened for the step is resolved with it."""
         async with self.runtime.sessions.begin() as session:
             done = await session.scalar(
-                update(workflow_task)
-                .where(
-                    workflow_task.c.task_key == task.task_key,
-                    workflow_task.c.lease_id == task.lease_id,
-                    workflow_task.c.state == "PENDING",
-                )
-                .values(
-                    state="DONE", lease_id=None, leased_until=None, updated_at=datetime.now(UTC)
-                )
-                .returning(workflow_task.c.task_key)
+                _COMPLETE_TASK,
+                {
+                    **where_params(task_key=task.task_key, lease_id=task.lease_id),
+                    "now": datetime.now(UTC),
+                },
             )
             if done is None:
                 raise LeaseLost(task.task_key)
@@ -342,14 +365,7 @@ class TaskEngine:
         next_retry_at: datetime | None,
     ) -> None:
         row = (
-            await session.execute(
-                select(exception_record.c.document)
-                .where(
-                    exception_record.c.task_key == task.task_key,
-                    exception_record.c.state != "RESOLVED",
-                )
-                .with_for_update()
-            )
+            await session.execute(_UNRESOLVED_EXCEPTION_OF_TASK, {"task_key": task.task_key})
         ).one_or_none()
         automatic = domain.retried_automatically(failure.category)
         record = fpb.ExceptionRecord.FromString(row.document) if row else fpb.ExceptionRecord()
@@ -417,14 +433,7 @@ class TaskEngine:
         self, session: AsyncSession, task: Task, action: domain.Action, note: str, actor: str = ""
     ) -> fpb.ExceptionRecord | None:
         row = (
-            await session.execute(
-                select(exception_record.c.document)
-                .where(
-                    exception_record.c.task_key == task.task_key,
-                    exception_record.c.state != "RESOLVED",
-                )
-                .with_for_update()
-            )
+            await session.execute(_UNRESOLVED_EXCEPTION_OF_TASK, {"task_key": task.task_key})
         ).one_or_none()
         if row is None:
             return None

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, tuple_, update
+from sqlalchemy import and_, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from chassis.protos import ts
+from chassis.statements import insert_row, select_where, update_where, where_params
 from dwf.fulfillment.v1 import fulfillment_pb2 as fpb
 from dwf.order.v1 import order_gateway_pb2
 from services.fulfillment import domain
@@ -68,10 +69,8 @@ async def insert_order(
 
 
 async def load_order(reader: Reader, order_id: str, *, for_update: bool = False) -> OrderRow | None:
-    query = select(order_workflow).where(order_workflow.c.order_id == order_id)
-    if for_update:
-        query = query.with_for_update()
-    row = (await reader.execute(query)).one_or_none()
+    query = select_where(order_workflow, ("order_id",), for_update=for_update)
+    row = (await reader.execute(query, where_params(order_id=order_id))).one_or_none()
     if row is None:
         return None
     return OrderRow(
@@ -103,7 +102,8 @@ async def save_order(
     if completed:
         values["completed_at"] = datetime.now(UTC)
     await session.execute(
-        update(order_workflow).where(order_workflow.c.order_id == order_id).values(**values)
+        update_where(order_workflow, ("order_id",), frozenset(values)),
+        {**values, **where_params(order_id=order_id)},
     )
 
 
@@ -169,21 +169,18 @@ async def insert_fulfillment_order(
 async def load_fulfillment_order(
     reader: Reader, fulfillment_order_id: str, *, for_update: bool = False
 ) -> Any | None:
-    query = select(fulfillment_order).where(
-        fulfillment_order.c.fulfillment_order_id == fulfillment_order_id
-    )
-    if for_update:
-        query = query.with_for_update()
-    return (await reader.execute(query)).one_or_none()
+    query = select_where(fulfillment_order, ("fulfillment_order_id",), for_update=for_update)
+    params = where_params(fulfillment_order_id=fulfillment_order_id)
+    return (await reader.execute(query, params)).one_or_none()
 
 
 async def update_fulfillment_order(
     session: AsyncSession, fulfillment_order_id: str, **values: Any
 ) -> None:
+    values = {"updated_at": datetime.now(UTC), **values}
     await session.execute(
-        update(fulfillment_order)
-        .where(fulfillment_order.c.fulfillment_order_id == fulfillment_order_id)
-        .values(updated_at=datetime.now(UTC), **values)
+        update_where(fulfillment_order, ("fulfillment_order_id",), frozenset(values)),
+        {**values, **where_params(fulfillment_order_id=fulfillment_order_id)},
     )
 
 
@@ -205,33 +202,33 @@ async def fulfillment_orders_of(reader: Reader, order_id: str) -> list[Any]:
 async def insert_shipment(session: AsyncSession, record: fpb.Shipment) -> bool:
     """One shipment per (fulfillment order, WMS shipment id), however often the WMS
     reports it."""
+    values = {
+        "shipment_id": record.shipment_id,
+        "order_id": record.order_id,
+        "fulfillment_order_id": record.fulfillment_order_id,
+        "wms_shipment_id": record.wms_shipment_id,
+        "document": record.SerializeToString(),
+    }
     inserted = await session.scalar(
-        insert(shipment)
-        .values(
-            shipment_id=record.shipment_id,
-            order_id=record.order_id,
-            fulfillment_order_id=record.fulfillment_order_id,
-            wms_shipment_id=record.wms_shipment_id,
-            document=record.SerializeToString(),
-        )
-        .on_conflict_do_nothing()
-        .returning(shipment.c.shipment_id)
+        insert_row(shipment, frozenset(values), on_conflict="nothing", returning="shipment_id"),
+        values,
     )
     return inserted is not None
 
 
 async def load_shipment(reader: Reader, shipment_id: str) -> fpb.Shipment | None:
     document = await reader.scalar(
-        select(shipment.c.document).where(shipment.c.shipment_id == shipment_id)
+        select_where(shipment, ("shipment_id",), columns=("document",)),
+        where_params(shipment_id=shipment_id),
     )
     return None if document is None else fpb.Shipment.FromString(document)
 
 
 async def save_shipment(session: AsyncSession, record: fpb.Shipment, **values: Any) -> None:
+    values = {"document": record.SerializeToString(), **values}
     await session.execute(
-        update(shipment)
-        .where(shipment.c.shipment_id == record.shipment_id)
-        .values(document=record.SerializeToString(), **values)
+        update_where(shipment, ("shipment_id",), frozenset(values)),
+        {**values, **where_params(shipment_id=record.shipment_id)},
     )
 
 
@@ -249,16 +246,15 @@ async def shipment_counts(reader: Reader, order_id: str) -> tuple[int, int]:
 
 
 async def insert_invoice(session: AsyncSession, record: fpb.Invoice) -> bool:
+    values = {
+        "invoice_id": record.invoice_id,
+        "order_id": record.order_id,
+        "shipment_id": record.shipment_id,
+        "document": record.SerializeToString(),
+    }
     inserted = await session.scalar(
-        insert(invoice)
-        .values(
-            invoice_id=record.invoice_id,
-            order_id=record.order_id,
-            shipment_id=record.shipment_id,
-            document=record.SerializeToString(),
-        )
-        .on_conflict_do_nothing()
-        .returning(invoice.c.invoice_id)
+        insert_row(invoice, frozenset(values), on_conflict="nothing", returning="invoice_id"),
+        values,
     )
     return inserted is not None
 
@@ -293,8 +289,12 @@ async def add_timeline(
         summary=summary[:500],
     )
     await session.execute(
-        insert(timeline_entry).values(order_id=order_id, document=entry.SerializeToString())
+        insert_row(timeline_entry, TIMELINE_COLUMNS),
+        {"order_id": order_id, "document": entry.SerializeToString()},
     )
+
+
+TIMELINE_COLUMNS = frozenset(("order_id", "document"))
 
 
 async def timeline_of(reader: Reader, order_id: str) -> list[fpb.TimelineEntry]:

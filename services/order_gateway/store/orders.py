@@ -15,6 +15,7 @@ from sqlalchemy import ARRAY, Text, and_, bindparam, func, or_, select, text, tu
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from chassis.statements import insert_row, update_where, where_params
 from dwf.inventory.v1 import inventory_pb2
 from dwf.order.v1 import order_gateway_pb2
 from services.order_gateway.domain import Position
@@ -88,18 +89,6 @@ _LOAD_ORDER = select(customer_order).where(
     customer_order.c.order_id == bindparam("order_id"), customer_order.c.status_sequence > 0
 )
 _LOAD_ORDER_FOR_UPDATE = _LOAD_ORDER.with_for_update()
-_SAVE_ORDER: dict[frozenset[str], Any] = {}
-
-
-def _save_order_statement(columns: frozenset[str]) -> Any:
-    statement = _SAVE_ORDER.get(columns)
-    if statement is None:
-        statement = _SAVE_ORDER[columns] = (
-            update(customer_order)
-            .where(customer_order.c.order_id == bindparam("key_order_id"))
-            .values({column: bindparam(column) for column in sorted(columns)})
-        )
-    return statement
 
 
 async def load_order_by_channel_key(
@@ -137,8 +126,10 @@ async def save_order(
         values["pending_backorder"] = dict(pending_backorder)
     if view_state is not None:
         values["view_state"] = dict(view_state)
-    statement = _save_order_statement(frozenset(values))
-    await session.execute(statement, {**values, "key_order_id": order.order_id})
+    await session.execute(
+        update_where(customer_order, ("order_id",), frozenset(values)),
+        {**values, **where_params(order_id=order.order_id)},
+    )
 
 
 async def add_status_change(
@@ -153,7 +144,7 @@ async def add_status_change(
     (not needed for an order's first status: nobody can be watching it yet, and NOTIFYs
     serialise commits)."""
     await session.execute(
-        _ADD_STATUS_CHANGE,
+        insert_row(order_status_change, STATUS_CHANGE_COLUMNS, on_conflict="nothing"),
         {
             "order_id": order.order_id,
             "status_sequence": int(order.status_sequence),
@@ -168,22 +159,8 @@ async def add_status_change(
     await session.execute(_NOTIFY, {"channel": ORDER_CHANGED, "order_id": order.order_id})
 
 
-_ADD_STATUS_CHANGE = (
-    insert(order_status_change)
-    .values(
-        {
-            column: bindparam(column)
-            for column in (
-                "order_id",
-                "status_sequence",
-                "previous_status",
-                "status",
-                "changed_at",
-                "document",
-            )
-        }
-    )
-    .on_conflict_do_nothing()
+STATUS_CHANGE_COLUMNS = frozenset(
+    ("order_id", "status_sequence", "previous_status", "status", "changed_at", "document")
 )
 _NOTIFY = text("SELECT pg_notify(:channel, :order_id)")
 
