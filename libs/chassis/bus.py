@@ -32,6 +32,7 @@ from chassis.events import (
     dlq_subject,
 )
 from chassis.schema import dead_letter, inbox
+from chassis.statements import insert_row
 from chassis.telemetry import extract_context
 from dwf.events.v1 import envelope_pb2
 
@@ -45,6 +46,12 @@ _CLAIM_INBOX = text(
     ON CONFLICT DO NOTHING
     RETURNING event_id::text
     """
+)
+_CLAIM_ONE = insert_row(
+    inbox,
+    frozenset(("consumer", "event_id", "event_type")),
+    on_conflict="nothing",
+    returning="event_id",
 )
 tracer = trace.get_tracer("dwf.bus")
 
@@ -225,8 +232,22 @@ class Consumer:
                 for msg, _, _ in fresh:
                     await msg.ack()
                 fresh = []
-        if fresh or again:
+        if len(fresh) + len(again) == 1:
+            await self._apply_one(*(fresh or again)[0])
+        elif fresh or again:
             await self._apply_each([*fresh, *again])
+
+    async def _apply_one(
+        self, msg: Msg, envelope: envelope_pb2.EventEnvelope, attempt: int
+    ) -> None:
+        """A lone event in its own transaction: nothing else to protect, so no savepoint."""
+        with self._span(msg, envelope):
+            try:
+                await self._apply(envelope)
+            except Exception as exc:
+                await self._retry_or_dead_letter(msg, envelope, attempt, exc)
+                return
+        await msg.ack()
 
     async def _apply_batch(
         self, decoded: Sequence[tuple[Msg, envelope_pb2.EventEnvelope, int]]
@@ -319,10 +340,8 @@ class Consumer:
     async def _apply_in(self, session: AsyncSession, envelope: envelope_pb2.EventEnvelope) -> None:
         """Inbox row and the handler's effects, in the caller's transaction."""
         first_time = await session.scalar(
-            insert(inbox)
-            .values(consumer=self.spec.durable, event_id=envelope.id, event_type=envelope.type)
-            .on_conflict_do_nothing()
-            .returning(inbox.c.event_id)
+            _CLAIM_ONE,
+            {"consumer": self.spec.durable, "event_id": envelope.id, "event_type": envelope.type},
         )
         if first_time is None:
             log.debug("duplicate %s dropped by inbox of %s", envelope.id, self.spec.durable)

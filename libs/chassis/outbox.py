@@ -24,7 +24,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from sqlalchemy import ARRAY, BigInteger, any_, bindparam, func, select, text, update
+from sqlalchemy import ARRAY, BigInteger, any_, bindparam, func, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from chassis.context import causation_id_var, correlation_id_var, new_id
@@ -201,13 +201,18 @@ class EventRecorder:
 
 # The relay's statements, built once: it runs them after every commit that wrote events, and
 # building a statement (and its cache key) costs more than executing it.
-_TRY_RELAY_LOCK = select(func.pg_try_advisory_xact_lock(func.hashtext(bindparam("name"))))
-_UNPUBLISHED = (
-    select(outbox.c.position, outbox.c.event_id, outbox.c.subject, outbox.c.body, outbox.c.headers)
-    .where(outbox.c.published_at.is_(None))
-    .order_by(outbox.c.position)
-    .limit(bindparam("limit"))
-)
+# One relay per schema at a time (per-aggregate order): the batch is read only by the
+# transaction that got the lock; the others read nothing. One statement, lock and read.
+_LOCK_AND_READ_UNPUBLISHED = text(
+    """
+    WITH relay AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(hashtext(:name)) AS held)
+    SELECT position, event_id, subject, body, headers
+    FROM outbox, relay
+    WHERE relay.held AND published_at IS NULL
+    ORDER BY position
+    LIMIT :limit
+    """
+).columns(outbox.c.position, outbox.c.event_id, outbox.c.subject, outbox.c.body, outbox.c.headers)
 _MARK_PUBLISHED = (
     update(outbox)
     .where(outbox.c.position == any_(bindparam("positions", type_=ARRAY(BigInteger))))
@@ -247,10 +252,8 @@ class OutboxRelay:
     async def relay_batch(self) -> int:
         """Publish up to one batch; 0 when there is nothing to do or another relay holds it."""
         async with self.engine.begin() as conn:
-            locked = await conn.scalar(_TRY_RELAY_LOCK, {"name": f"dwf-relay:{self.schema}"})
-            if not locked:
-                return 0
-            rows = (await conn.execute(_UNPUBLISHED, {"limit": self.batch_size})).all()
+            params = {"name": f"dwf-relay:{self.schema}", "limit": self.batch_size}
+            rows = (await conn.execute(_LOCK_AND_READ_UNPUBLISHED, params)).all()
             # Pipelined: every publish is sent before the first ack is awaited. One
             # connection keeps the stream's order, so per-aggregate order holds.
             acks = [await self._publish(row) for row in rows]
