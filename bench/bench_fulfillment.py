@@ -56,14 +56,19 @@ import nats
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.bench_gateway import AUTH, CHANNEL_ID, apply_master_data, receive, seed_databases
+from bench.bench_gateway import (
+    AUTH,
+    apply_master_data,
+    order_request,
+    receive,
+    seed_databases,
+)
 from bench.support import Servers, servers, service_env
 from chassis import bus, db
 from chassis.events import STREAMS
 from dwf.common.v1 import common_pb2
 from dwf.inventory.v1 import inventory_pb2_grpc
 from dwf.order.v1 import master_data_pb2_grpc, order_gateway_pb2_grpc
-from dwf.order.v1 import order_gateway_pb2 as pb
 from stack.ports import free_port
 from stack.supervisor import health_status
 
@@ -286,37 +291,6 @@ class Offered:
     seconds: float = 0.0
 
 
-def order_request(index: int, rng: random.Random, skus: list[str]) -> pb.AcceptOrderRequest:
-    lines = rng.sample(skus, rng.randint(1, 2))
-    return pb.AcceptOrderRequest(
-        request_id=str(uuid.uuid4()),
-        channel=common_pb2.ChannelReference(
-            channel_id=CHANNEL_ID, channel_order_id=f"FO-{RUN}-{index:07d}"
-        ),
-        customer=common_pb2.Customer(
-            customer_id="C-100", name="Jane Doe", email="jane@example.com"
-        ),
-        ship_to=common_pb2.PostalAddress(
-            name="Jane Doe",
-            lines=["1 Main St"],
-            locality="Springfield",
-            administrative_area="IL",
-            postal_code="62701",
-            region_code="US",
-        ),
-        lines=[
-            common_pb2.OrderLine(
-                line_id=str(i + 1),
-                sku=sku,
-                quantity=common_pb2.Quantity(value=rng.randint(1, 5)),
-                unit_price=common_pb2.Money(currency_code="USD", units=10),
-            )
-            for i, sku in enumerate(lines)
-        ],
-        payment_reference=f"pay-{RUN}-{index}",
-    )
-
-
 async def offer(
     stub: order_gateway_pb2_grpc.OrderGatewayServiceAsyncStub,
     skus: list[str],
@@ -333,7 +307,9 @@ async def offer(
     start = loop.time()
 
     async def accept(index: int) -> None:
-        request = order_request(index, rng, skus)
+        request = order_request(
+            index, rng, skus, max_lines=2, order_prefix="FO", customer_id="C-100"
+        )
         began = time.perf_counter()
         try:
             answer = await stub.AcceptOrder(request, metadata=AUTH, timeout=30)

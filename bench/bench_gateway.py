@@ -235,14 +235,25 @@ async def read_model_warm(env: Servers, skus: list[str], timeout: float = 30) ->
         await gateway.engine.dispose()
 
 
-def order_request(index: int, rng: random.Random, skus: list[str]) -> pb.AcceptOrderRequest:
-    lines = rng.sample(skus, rng.randint(1, 3))
+def order_request(
+    index: int,
+    rng: random.Random,
+    skus: list[str],
+    *,
+    max_lines: int = 3,
+    order_prefix: str = "SO",
+    customer_id: str = "",
+) -> pb.AcceptOrderRequest:
+    """A storefront order of 1 to ``max_lines`` lines on ``skus`` (the benches' shared shape)."""
+    lines = rng.sample(skus, rng.randint(1, max_lines))
     return pb.AcceptOrderRequest(
         request_id=str(uuid.uuid4()),
         channel=common_pb2.ChannelReference(
-            channel_id=CHANNEL_ID, channel_order_id=f"SO-{RUN}-{index:07d}"
+            channel_id=CHANNEL_ID, channel_order_id=f"{order_prefix}-{RUN}-{index:07d}"
         ),
-        customer=common_pb2.Customer(name="Jane Doe", email="jane@example.com"),
+        customer=common_pb2.Customer(
+            customer_id=customer_id, name="Jane Doe", email="jane@example.com"
+        ),
         ship_to=common_pb2.PostalAddress(
             name="Jane Doe",
             lines=["1 Main St"],
@@ -260,7 +271,7 @@ def order_request(index: int, rng: random.Random, skus: list[str]) -> pb.AcceptO
             )
             for i, sku in enumerate(lines)
         ],
-        payment_reference=f"pay-{index}",
+        payment_reference=f"pay-{RUN}-{index}",
     )
 
 
