@@ -79,6 +79,9 @@ class Task:
     subject_id: str
     attempts: int
     lease_id: str
+    # The step failed before (or an exception names it): its completion looks for an
+    # open exception to resolve. A step that never failed skips that lookup.
+    failed_before: bool = True
 
 
 @dataclass
@@ -130,7 +133,7 @@ async def schedule(
             "now": now,
         },
     )
-    await session.execute(_NOTIFY_TASKS, {"c": TASKS_CHANNEL})
+    # The workflow_task_notify trigger wakes every replica's engine at commit.
 
 
 # Scheduling runs several times per order step: its statements are built once.
@@ -150,7 +153,6 @@ _SCHEDULE_REARM = _NEW_TASK.on_conflict_do_update(index_elements=["task_key"], s
 _SCHEDULE_AGAIN = _NEW_TASK.on_conflict_do_update(
     index_elements=["task_key"], set_=_DUE_AGAIN, where=workflow_task.c.state == "DONE"
 )
-_NOTIFY_TASKS = text("SELECT pg_notify(:c, '')")
 _COMPLETE_TASK = (
     update(workflow_task)
     .where(
@@ -160,6 +162,36 @@ _COMPLETE_TASK = (
     )
     .values(state="DONE", lease_id=None, leased_until=None, updated_at=bindparam("now"))
     .returning(workflow_task.c.task_key)
+)
+# A claim leases due steps nobody holds (or whose holder's lease ran out) and tells each
+# whether it failed before.
+_CLAIM_DUE = text(
+    """
+    UPDATE workflow_task AS t
+    SET lease_id = gen_random_uuid(),
+        leased_until = now() + make_interval(secs => :lease),
+        attempts = t.attempts + 1,
+        updated_at = now()
+    FROM (
+        SELECT task_key FROM workflow_task
+        WHERE state = 'PENDING' AND due_at <= now()
+          AND (leased_until IS NULL OR leased_until < now())
+        ORDER BY due_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ) AS due
+    WHERE t.task_key = due.task_key
+    RETURNING t.task_key, t.order_id, t.kind, t.subject_id, t.attempts, t.lease_id,
+              t.last_error <> '' AS failed_before
+    """
+)
+# An exception names its task: the task's completion then looks for it (Task.failed_before).
+_MARK_TASK_FAILED = (
+    update(workflow_task)
+    .where(
+        workflow_task.c.task_key == bindparam("where_task_key"), workflow_task.c.last_error == ""
+    )
+    .values(last_error=bindparam("last_error"))
 )
 _UNRESOLVED_EXCEPTION_OF_TASK = (
     select(exception_record.c.document)
@@ -193,6 +225,10 @@ class TaskEngine:
         self.backoff_base = backoff_base_seconds
         self.backoff_max = backoff_max_seconds
         self._wake = asyncio.Event()
+        # Whether a claim could find something: a NOTIFY (a step became due), a full claim
+        # (more may be waiting) or the poll interval (timers) says so. An empty claim after
+        # every finished step cost a transaction per step on every replica.
+        self._maybe_due = True
 
     def register(self, handlers: Mapping[str, StepHandler]) -> None:
         self.handlers.update(handlers)
@@ -201,33 +237,17 @@ class TaskEngine:
 
     async def claim(self, limit: int) -> list[Task]:
         async with self.runtime.sessions.begin() as session:
-            rows = (
-                await session.execute(
-                    text(
-                        """
-                        UPDATE workflow_task AS t
-                        SET lease_id = gen_random_uuid(),
-                            leased_until = now() + make_interval(secs => :lease),
-                            attempts = t.attempts + 1,
-                            updated_at = now()
-                        FROM (
-                            SELECT task_key FROM workflow_task
-                            WHERE state = 'PENDING' AND due_at <= now()
-                              AND (leased_until IS NULL OR leased_until < now())
-                            ORDER BY due_at
-                            LIMIT :limit
-                            FOR UPDATE SKIP LOCKED
-                        ) AS due
-                        WHERE t.task_key = due.task_key
-                        RETURNING t.task_key, t.order_id, t.kind, t.subject_id, t.attempts,
-                                  t.lease_id
-                        """
-                    ),
-                    {"lease": self.lease, "limit": limit},
-                )
-            ).all()
+            rows = (await session.execute(_CLAIM_DUE, {"lease": self.lease, "limit": limit})).all()
         return [
-            Task(r.task_key, r.order_id, r.kind, r.subject_id, r.attempts, str(r.lease_id))
+            Task(
+                r.task_key,
+                r.order_id,
+                r.kind,
+                r.subject_id,
+                r.attempts,
+                str(r.lease_id),
+                r.failed_before,
+            )
             for r in rows
         ]
 
@@ -265,37 +285,47 @@ class TaskEngine:
             driver = raw.driver_connection
             assert driver is not None
             await driver.add_listener(TASKS_CHANNEL, self._notified)
+            stopping = asyncio.create_task(stop.wait())
+            stopping.add_done_callback(lambda _: self._wake.set())  # no wait for the poll
             try:
                 while not stop.is_set():
                     self._wake.clear()
-                    claimed: list[Task] = []
                     free = self.concurrency - len(running)
-                    if free > 0:
+                    if free > 0 and self._maybe_due:
+                        # Cleared before the claim: a NOTIFY during it sets it again.
+                        self._maybe_due = False
+                        claimed: list[Task] = []
                         try:
                             claimed = await self.claim(free)
                         except Exception:
                             log.exception("claiming tasks failed; retrying")
-                    for task in claimed:
-                        job = asyncio.create_task(self.execute(task))
-                        running.add(job)
-                        job.add_done_callback(self._finished(running))
-                    if claimed and len(running) < self.concurrency:
-                        continue
-                    with contextlib.suppress(TimeoutError):
+                            self._maybe_due = True
+                        if len(claimed) == free:  # a full claim: more may be waiting
+                            self._maybe_due = True
+                        for task in claimed:
+                            job = asyncio.create_task(self.execute(task))
+                            running.add(job)
+                            job.add_done_callback(self._finished(running))
+                    try:
                         await asyncio.wait_for(self._wake.wait(), self.poll)
+                    except TimeoutError:  # timers and retries come due without a NOTIFY
+                        self._maybe_due = True
                 if running:
                     await asyncio.wait(running, timeout=self.lease)
             finally:
+                stopping.cancel()
                 await driver.remove_listener(TASKS_CHANNEL, self._notified)
 
     def _finished(self, running: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
         def done(job: asyncio.Task[None]) -> None:
             running.discard(job)
-            self._wake.set()  # a slot is free
+            if self._maybe_due:  # a slot is free for steps the last claim left waiting
+                self._wake.set()
 
         return done
 
     def _notified(self, *_: object) -> None:
+        self._maybe_due = True
         self._wake.set()
 
     # --- completing -----------------------------------------------------------------------
@@ -315,7 +345,8 @@ class TaskEngine:
             if done is None:
                 raise LeaseLost(task.task_key)
             yield session
-            await self.resolve_open_exception(session, task, domain.Action.RETRY, "succeeded")
+            if task.failed_before:
+                await self.resolve_open_exception(session, task, domain.Action.RETRY, "succeeded")
 
     async def finish(self, task: Task) -> None:
         """Complete a step that has no effects of its own."""
@@ -411,6 +442,10 @@ class TaskEngine:
             insert(exception_record)
             .values(**values)
             .on_conflict_do_update(index_elements=["exception_id"], set_=values)
+        )
+        await session.execute(
+            _MARK_TASK_FAILED,
+            {**where_params(task_key=task.task_key), "last_error": str(failure)[:2000]},
         )
         # Announced when opened or when it changes category; repeats only update the record.
         if first or not automatic:
