@@ -852,7 +852,7 @@ class OrderGatewayService(order_gateway_pb2_grpc.OrderGatewayServiceServicer):
             if short:
                 pending[line.line_id] = short
         await store.save_order(session, order, pending_backorder=pending)
-        await store.add_status_change(session, order, S.ORDER_STATUS_UNSPECIFIED, now, notify=False)
+        await store.add_status_change(session, order, S.ORDER_STATUS_UNSPECIFIED, now)
         await self.runtime.events.record_many(
             session,
             [

@@ -1,9 +1,10 @@
 """Wakes WatchOrder streams when an order's status changes, on whichever replica applied it.
 
-The transaction that writes a status change also runs ``pg_notify`` (store.add_status_change);
-one LISTEN connection per replica fans the notifications out to the local watchers. The
-history table stays the source of truth: a watcher re-reads it after each wake-up, and also
-every ``watch_poll_seconds`` in case a notification was missed (e.g. while reconnecting).
+The history row of a status change fires a trigger that runs ``pg_notify`` at commit
+(store.add_status_change, migration 0005); one LISTEN connection per replica fans the
+notifications out to the local watchers. The history table stays the source of truth: a
+watcher re-reads it after each wake-up, and also every ``watch_poll_seconds`` in case a
+notification was missed (e.g. while reconnecting).
 """
 
 from __future__ import annotations

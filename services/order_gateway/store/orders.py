@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, Text, and_, bindparam, func, or_, select, text, tuple_, update
+from sqlalchemy import ARRAY, Text, and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -30,7 +30,7 @@ from services.order_gateway.store.tables import (
 )
 
 Reader = AsyncConnection | AsyncSession
-ORDER_CHANGED = "order_gateway_order_changed"
+ORDER_CHANGED = "order_gateway_order_changed"  # the order_changed_notify trigger's channel
 
 
 # --- orders -------------------------------------------------------------------------------
@@ -137,12 +137,10 @@ async def add_status_change(
     order: order_gateway_pb2.Order,
     previous_status: int,
     changed_at: datetime,
-    *,
-    notify: bool = True,
 ) -> None:
-    """History row for WatchOrder, and a NOTIFY that wakes the watchers on every replica
-    (not needed for an order's first status: nobody can be watching it yet, and NOTIFYs
-    serialise commits)."""
+    """History row for WatchOrder. Its order_changed_notify trigger wakes the watchers on
+    every replica at commit (not for an order's first status: nobody can be watching it
+    yet, and NOTIFYs serialise commits)."""
     await session.execute(
         insert_row(order_status_change, STATUS_CHANGE_COLUMNS, on_conflict="nothing"),
         {
@@ -154,15 +152,11 @@ async def add_status_change(
             "document": order.SerializeToString(deterministic=True),
         },
     )
-    if not notify:
-        return
-    await session.execute(_NOTIFY, {"channel": ORDER_CHANGED, "order_id": order.order_id})
 
 
 STATUS_CHANGE_COLUMNS = frozenset(
     ("order_id", "status_sequence", "previous_status", "status", "changed_at", "document")
 )
-_NOTIFY = text("SELECT pg_notify(:channel, :order_id)")
 
 
 @dataclass(frozen=True)
