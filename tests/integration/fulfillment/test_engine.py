@@ -58,36 +58,39 @@ async def running(engine: TaskEngine) -> AsyncIterator[None]:
         await loop
 
 
-async def test_a_committed_step_wakes_the_engine_without_its_poll(runtime: Runtime) -> None:
-    engine = TaskEngine(runtime, poll_seconds=POLL_SECONDS, concurrency=4)
-    ran: asyncio.Queue[str] = asyncio.Queue()
+def finishing_engine(runtime: Runtime, concurrency: int) -> tuple[TaskEngine, asyncio.Queue[Task]]:
+    """An engine whose STEP completes at once and reports every task it ran."""
+    engine = TaskEngine(runtime, poll_seconds=POLL_SECONDS, concurrency=concurrency)
+    ran: asyncio.Queue[Task] = asyncio.Queue()
 
     async def step(task: Task) -> None:
         await engine.finish(task)
-        ran.put_nowait(task.subject_id)
+        ran.put_nowait(task)
 
     engine.register({"STEP": step})
+    return engine, ran
+
+
+async def next_run(ran: asyncio.Queue[Task]) -> Task:
+    return await asyncio.wait_for(ran.get(), WAIT_SECONDS)
+
+
+async def test_a_committed_step_wakes_the_engine_without_its_poll(runtime: Runtime) -> None:
+    engine, ran = finishing_engine(runtime, concurrency=4)
     async with running(engine):
         for subject in ("a", "b"):
             await add_step(runtime, "STEP", subject)
-            assert await asyncio.wait_for(ran.get(), WAIT_SECONDS) == subject
+            assert (await next_run(ran)).subject_id == subject
 
 
 async def test_a_full_claim_comes_back_for_the_steps_it_left(runtime: Runtime) -> None:
     # One slot, three due steps: the first claim is full, so each finished step frees a
     # slot that is refilled at once, without a NOTIFY or the poll.
-    engine = TaskEngine(runtime, poll_seconds=POLL_SECONDS, concurrency=1)
-    ran: asyncio.Queue[str] = asyncio.Queue()
-
-    async def step(task: Task) -> None:
-        await engine.finish(task)
-        ran.put_nowait(task.subject_id)
-
-    engine.register({"STEP": step})
+    engine, ran = finishing_engine(runtime, concurrency=1)
     for subject in ("a", "b", "c"):
         await add_step(runtime, "STEP", subject)
     async with running(engine):
-        done = [await asyncio.wait_for(ran.get(), WAIT_SECONDS) for _ in range(3)]
+        done = [(await next_run(ran)).subject_id for _ in range(3)]
     assert sorted(done) == ["a", "b", "c"]
 
 
@@ -104,31 +107,25 @@ async def test_an_exception_of_a_done_step_is_resolved_when_the_step_next_succee
 ) -> None:
     """An exception recorded after a step's own commit (re-sourcing that found no warehouse)
     names a step that never failed; the step's next success must still resolve it."""
-    engine = TaskEngine(runtime, poll_seconds=POLL_SECONDS, concurrency=1)
-    seen: list[Task] = []
-
-    async def step(task: Task) -> None:
-        seen.append(task)
-        await engine.finish(task)
-
-    engine.register({"STEP": step})
+    engine, ran = finishing_engine(runtime, concurrency=1)
     await add_step(runtime, "STEP", "x")
     assert await engine.run_once() == 1
-    assert seen[0].failed_before is False
+    first = await next_run(ran)
+    assert first.failed_before is False
     async with runtime.sessions.begin() as session:
         await engine.record_exception(
             session,
-            seen[0],
+            first,
             StepFailure(domain.Category.BUSINESS_RULE, "DWF", "NO_WAREHOUSE_LEFT", "none left"),
             datetime.now(UTC),
             None,
         )
-    assert await exception_states(runtime, seen[0].task_key) == ["OPEN"]
+    assert await exception_states(runtime, first.task_key) == ["OPEN"]
 
     await add_step(runtime, "STEP", "x", again=True)
     assert await engine.run_once() == 1
-    assert seen[1].failed_before is True
-    assert await exception_states(runtime, seen[0].task_key) == ["RESOLVED"]
+    assert (await next_run(ran)).failed_before is True
+    assert await exception_states(runtime, first.task_key) == ["RESOLVED"]
 
 
 async def test_a_step_that_fails_then_succeeds_resolves_its_exception(runtime: Runtime) -> None:
