@@ -47,26 +47,45 @@ def notify_channel(schema: str) -> str:
     return f"dwf_outbox_{schema}"
 
 
-_NEXT_SEQUENCES = text(
+# One statement records a batch of events: it takes every aggregate's next sequences (the row
+# lock on aggregate_sequence serialises writers of one aggregate; keys arrive sorted, so
+# writers lock in one order) and inserts the outbox rows numbered from them, in the order
+# given (positions follow it). An event's sequence is its aggregate's new last_sequence
+# minus the events of that aggregate in this batch plus its own rank among them.
+_RECORD_EVENTS = text(
     """
-    INSERT INTO aggregate_sequence (aggregate_type, aggregate_id, last_sequence)
-    SELECT * FROM unnest(CAST(:types AS text[]), CAST(:ids AS text[]),
-                         CAST(:counts AS bigint[]))
-    ON CONFLICT (aggregate_type, aggregate_id)
-    DO UPDATE SET last_sequence = aggregate_sequence.last_sequence + excluded.last_sequence
-    RETURNING aggregate_type, aggregate_id, last_sequence
-    """
-)
-_INSERT_OUTBOX = text(
-    """
+    WITH taken AS (
+        INSERT INTO aggregate_sequence (aggregate_type, aggregate_id, last_sequence)
+        SELECT * FROM unnest(CAST(:types AS text[]), CAST(:ids AS text[]),
+                             CAST(:counts AS bigint[]))
+        ON CONFLICT (aggregate_type, aggregate_id)
+        DO UPDATE SET last_sequence = aggregate_sequence.last_sequence + excluded.last_sequence
+        RETURNING aggregate_type, aggregate_id, last_sequence
+    )
     INSERT INTO outbox (event_id, subject, event_type, aggregate_type, aggregate_id,
                         sequence, body, headers)
-    SELECT * FROM unnest(CAST(:event_id AS uuid[]), CAST(:subject AS text[]),
-                         CAST(:event_type AS text[]), CAST(:aggregate_type AS text[]),
-                         CAST(:aggregate_id AS text[]), CAST(:sequence AS bigint[]),
-                         CAST(:body AS bytea[]), CAST(:headers AS jsonb[]))
+    SELECT e.event_id, e.subject, e.event_type, e.aggregate_type, e.aggregate_id,
+           taken.last_sequence - e.of_aggregate + e.rank, e.body, e.headers
+    FROM unnest(CAST(:event_id AS uuid[]), CAST(:subject AS text[]),
+                CAST(:event_type AS text[]), CAST(:aggregate_type AS text[]),
+                CAST(:aggregate_id AS text[]), CAST(:rank AS bigint[]),
+                CAST(:of_aggregate AS bigint[]), CAST(:body AS bytea[]),
+                CAST(:headers AS jsonb[]))
+         WITH ORDINALITY
+         AS e(event_id, subject, event_type, aggregate_type, aggregate_id, rank,
+              of_aggregate, body, headers, ordinal)
+    JOIN taken USING (aggregate_type, aggregate_id)
+    ORDER BY e.ordinal
+    RETURNING event_id, sequence
     """
 )
+
+
+def published_body(body: bytes, sequence: int) -> bytes:
+    """The envelope as published: the outbox stores it without its sequence (known only
+    once the recording statement ran) and the relay adds it. Concatenated protobuf
+    messages parse as one merged message, so this is the envelope with ``sequence`` set."""
+    return body + envelope_pb2.EventEnvelope(sequence=sequence).SerializeToString()
 
 
 class PendingEvent(NamedTuple):
@@ -116,44 +135,37 @@ class EventRecorder:
         correlation_id: str | None = None,
         causation_id: str | None = None,
     ) -> list[envelope_pb2.EventEnvelope]:
-        """Record several events with two statements: one takes every aggregate's next
-        sequences, one inserts the outbox rows. Events of one aggregate keep their order.
+        """Record several events with one statement: it takes every aggregate's next
+        sequences and inserts the outbox rows. Events of one aggregate keep their order.
         A :class:`PendingEvent` carries its own correlation id and trace headers (events
         of coalesced requests each keep their caller's)."""
         if not events:
             return []
         pending = [e if isinstance(e, PendingEvent) else PendingEvent(*e) for e in events]
-        counts: dict[tuple[str, str], int] = {}
-        for aggregate_type, aggregate_id, *_ in pending:
-            key = (aggregate_type, aggregate_id)
-            counts[key] = counts.get(key, 0) + 1
-        # Sorted keys: concurrent writers lock aggregate rows in one order (no deadlock).
-        keys = sorted(counts)
-        rows = await session.execute(
-            _NEXT_SEQUENCES,
-            {
-                "types": [t for t, _ in keys],
-                "ids": [i for _, i in keys],
-                "counts": [counts[key] for key in keys],
-            },
-        )
-        next_sequence = {
-            (row.aggregate_type, row.aggregate_id): row.last_sequence
-            - counts[(row.aggregate_type, row.aggregate_id)]
-            + 1
-            for row in rows
-        }
         correlation = correlation_id or correlation_id_var.get() or new_id()
         causation = causation_id or causation_id_var.get() or ""
         occurred_at = _now()
         headers_base: dict[str, str] = {}
         inject_headers(headers_base)  # the trace continues when the relay publishes
+        counts: dict[tuple[str, str], int] = {}
         envelopes: list[envelope_pb2.EventEnvelope] = []
-        outbox_rows: list[dict[str, Any]] = []
+        columns: dict[str, list[Any]] = {
+            name: []
+            for name in (
+                "event_id",
+                "subject",
+                "event_type",
+                "aggregate_type",
+                "aggregate_id",
+                "rank",
+                "body",
+                "headers",
+            )
+        }
         for aggregate_type, aggregate_id, payload, own_correlation, own_headers in pending:
             key = (aggregate_type, aggregate_id)
-            sequence = next_sequence[key]
-            next_sequence[key] = sequence + 1
+            rank = counts[key] = counts.get(key, 0) + 1
+            # Without its sequence: the statement numbers the row, the relay completes it.
             envelope = envelope_pb2.EventEnvelope(
                 id=new_id(),
                 type=event_type(payload),
@@ -163,39 +175,44 @@ class EventRecorder:
                 causation_id=causation,
                 aggregate_type=aggregate_type,
                 aggregate_id=aggregate_id,
-                sequence=sequence,
             )
             envelope.payload.Pack(payload)
             envelopes.append(envelope)
-            outbox_rows.append(
-                {
-                    "event_id": envelope.id,
-                    "subject": subject_for(self.producer, envelope.type),
-                    "event_type": envelope.type,
-                    "aggregate_type": aggregate_type,
-                    "aggregate_id": aggregate_id,
-                    "sequence": sequence,
-                    "body": envelope.SerializeToString(),
-                    "headers": {
+            columns["event_id"].append(envelope.id)
+            columns["subject"].append(subject_for(self.producer, envelope.type))
+            columns["event_type"].append(envelope.type)
+            columns["aggregate_type"].append(aggregate_type)
+            columns["aggregate_id"].append(aggregate_id)
+            columns["rank"].append(rank)
+            columns["body"].append(envelope.SerializeToString())
+            columns["headers"].append(
+                json.dumps(
+                    {
                         **(own_headers if own_headers is not None else headers_base),
                         HEADER_EVENT_TYPE: envelope.type,
                         HEADER_CORRELATION_ID: envelope.correlation_id,
-                    },
-                }
+                    }
+                )
             )
+        # Sorted keys: concurrent writers lock aggregate rows in one order (no deadlock).
+        keys = sorted(counts)
+        columns["of_aggregate"] = [
+            counts[(t, i)]
+            for t, i in zip(columns["aggregate_type"], columns["aggregate_id"], strict=True)
+        ]
         # The outbox_notify trigger wakes the relay at commit (chassis.schema).
-        columns = (
-            "event_id",
-            "subject",
-            "event_type",
-            "aggregate_type",
-            "aggregate_id",
-            "sequence",
-            "body",
+        rows = await session.execute(
+            _RECORD_EVENTS,
+            {
+                "types": [t for t, _ in keys],
+                "ids": [i for _, i in keys],
+                "counts": [counts[key] for key in keys],
+                **columns,
+            },
         )
-        arrays: dict[str, list[Any]] = {c: [row[c] for row in outbox_rows] for c in columns}
-        arrays["headers"] = [json.dumps(row["headers"]) for row in outbox_rows]
-        await session.execute(_INSERT_OUTBOX, arrays)
+        sequences = {str(row.event_id): row.sequence for row in rows}
+        for envelope in envelopes:
+            envelope.sequence = sequences[envelope.id]
         return envelopes
 
 
@@ -206,13 +223,20 @@ class EventRecorder:
 _LOCK_AND_READ_UNPUBLISHED = text(
     """
     WITH relay AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(hashtext(:name)) AS held)
-    SELECT position, event_id, subject, body, headers
+    SELECT position, event_id, subject, sequence, body, headers
     FROM outbox, relay
     WHERE relay.held AND published_at IS NULL
     ORDER BY position
     LIMIT :limit
     """
-).columns(outbox.c.position, outbox.c.event_id, outbox.c.subject, outbox.c.body, outbox.c.headers)
+).columns(
+    outbox.c.position,
+    outbox.c.event_id,
+    outbox.c.subject,
+    outbox.c.sequence,
+    outbox.c.body,
+    outbox.c.headers,
+)
 _MARK_PUBLISHED = (
     update(outbox)
     .where(outbox.c.position == any_(bindparam("positions", type_=ARRAY(BigInteger))))
@@ -273,7 +297,9 @@ class OutboxRelay:
         ):
             inject_headers(headers)
             headers[HEADER_MSG_ID] = row.event_id
-            return await self.js.publish_async(row.subject, row.body, headers=headers)
+            return await self.js.publish_async(
+                row.subject, published_body(row.body, row.sequence), headers=headers
+            )
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.engine.connect() as listen_conn:

@@ -197,6 +197,57 @@ async def test_round_trip_orders_sequences_and_records_inbox(
     assert inbox_rows == 2
 
 
+async def test_one_recording_numbers_interleaved_aggregates_in_the_order_given(
+    producer: Runtime, consumer_runtime: Runtime
+) -> None:
+    """One record_many over two aggregates, one of them with an event already: each
+    aggregate's events get its next sequences in the order given, the outbox keeps that
+    order, and the published envelopes carry the same sequences."""
+    a, b = f"order-{uuid.uuid4()}", f"order-{uuid.uuid4()}"
+    await _record(producer, a)
+    order = [a, b, a, a, b]
+    async with producer.sessions.begin() as session:
+        envelopes = await producer.events.record_many(
+            session,
+            [("order", x, events_pb2.OrderStatusChanged(order_id=x, reason="t")) for x in order],
+        )
+    assert [(e.aggregate_id, e.sequence) for e in envelopes] == [
+        (a, 2),
+        (b, 1),
+        (a, 3),
+        (a, 4),
+        (b, 2),
+    ]
+    async with producer.engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                select(outbox.c.event_id, outbox.c.sequence)
+                .where(outbox.c.event_id.in_([e.id for e in envelopes]))
+                .order_by(outbox.c.position)
+            )
+        ).all()
+    assert [(str(r.event_id), r.sequence) for r in stored] == [
+        (e.id, e.sequence) for e in envelopes
+    ]
+
+    relay = OutboxRelay(producer.engine, producer.js, PRODUCER)
+    while await relay.relay_batch():
+        pass
+    handler = Recorder()
+    async with Running(_consumer(consumer_runtime, handler)):
+        await eventually(lambda: _count(consumer_runtime, b, 2), what="b's two effects")
+        await eventually(lambda: _count(consumer_runtime, a, 4), what="a's four effects")
+    async with consumer_runtime.engine.connect() as conn:
+        seen = {
+            row.event_id: row.sequence
+            for row in await conn.execute(
+                text("SELECT event_id, sequence FROM test_effect WHERE aggregate_id IN (:a, :b)"),
+                {"a": a, "b": b},
+            )
+        }
+    assert {e.id: e.sequence for e in envelopes}.items() <= seen.items()
+
+
 async def _count(runtime: Runtime, aggregate: str, want: int) -> bool:
     return await _effects(runtime, aggregate) >= want
 
