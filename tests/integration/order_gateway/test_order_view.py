@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -17,6 +18,8 @@ from dwf.fulfillment.v1 import events_pb2 as fulfillment_events
 from dwf.fulfillment.v1 import fulfillment_pb2
 from dwf.inventory.v1 import inventory_pb2 as inv
 from dwf.order.v1 import order_gateway_pb2 as pb
+from services.order_gateway.store import orders as store
+from services.order_gateway.store.tables import availability, availability_watermark
 from tests.integration.harness import eventually, new_id, now_ts
 from tests.integration.order_gateway.conftest import Gateway, item, order_request
 from tests.integration.order_gateway.test_acceptance import reason
@@ -39,6 +42,47 @@ async def test_read_model_converges_after_inventory_events(gateway: Gateway) -> 
 
     found = await eventually(in_stock, what="the read model to see the receipt")
     assert found.state == pb.AVAILABILITY_STATE_IN_STOCK
+
+
+async def test_availability_rows_and_the_watermark_only_move_forward(gateway: Gateway) -> None:
+    """AvailabilityChanged applied out of order: an older event (lower envelope sequence)
+    changes neither a row nor the warehouse's watermark; a newer one does, and one that
+    names no SKU still moves the watermark."""
+    warehouse, sku = f"WH-{uuid.uuid4().hex[:8]}", f"SKU-{uuid.uuid4().hex[:8]}"
+    sessions = gateway.app.runtime.sessions
+
+    def level(available: int) -> inv.StockLevel:
+        return inv.StockLevel(
+            sku=sku,
+            warehouse_id=warehouse,
+            on_hand=available + 1,
+            reserved=1,
+            available=available,
+            incoming=3,
+        )
+
+    async def apply(sequence: int, *levels: inv.StockLevel) -> tuple[int, int, int]:
+        async with sessions.begin() as session:
+            await store.apply_levels(session, warehouse, levels, sequence, datetime.now(UTC))
+        async with sessions() as session:
+            row = (
+                await session.execute(
+                    select(availability.c.available, availability.c.source_sequence).where(
+                        availability.c.sku == sku, availability.c.warehouse == warehouse
+                    )
+                )
+            ).one()
+            mark = await session.scalar(
+                select(availability_watermark.c.source_sequence).where(
+                    availability_watermark.c.warehouse == warehouse
+                )
+            )
+        return row.available, row.source_sequence, int(mark or 0)
+
+    assert await apply(5, level(10)) == (10, 5, 5)
+    assert await apply(3, level(99)) == (10, 5, 5)  # older: nothing moves
+    assert await apply(7, level(4)) == (4, 7, 7)
+    assert await apply(9) == (4, 7, 9)  # no SKU named: only the watermark
 
 
 async def test_channel_warehouses_limit_availability(gateway: Gateway) -> None:
