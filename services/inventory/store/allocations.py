@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.inventory.sourcing import Backorder, Policy, Ranking, SplitRule
-from services.inventory.store.stock import GuardViolated, mark_dirty
+from services.inventory.store.stock import GuardViolated
 from services.inventory.store.tables import (
     allocation,
     allocation_line,
@@ -89,7 +89,6 @@ async def move_stock(
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise GuardViolated(f"stock move {d_reserved:+d}/{d_allocated:+d} refused {sku}@{wh}")
-    await mark_dirty(session, deltas.keys())
 
 
 async def insert_allocation(

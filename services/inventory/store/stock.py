@@ -101,7 +101,6 @@ async def set_safety_stock(session: AsyncSession, sku: str, warehouse_code: str,
             set_={"safety_stock": qty, "updated_at": func.now()},
         )
     )
-    await mark_dirty(session, [(sku, warehouse_code)])
 
 
 async def known_skus(session: AsyncSession, skus: Iterable[str]) -> set[str]:
@@ -201,25 +200,6 @@ async def read_positions(
     )
 
 
-_MARK_DIRTY = text(
-    """
-    INSERT INTO availability_dirty (sku, warehouse)
-    SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:warehouses AS text[]))
-    ON CONFLICT DO NOTHING
-    """
-)
-
-
-async def mark_dirty(session: AsyncSession, keys: Iterable[tuple[str, str]]) -> None:
-    """Record that these positions' availability changed (coalesced into one event later)."""
-    ordered = sorted(set(keys))
-    if ordered:
-        await session.execute(
-            _MARK_DIRTY,
-            {"skus": [sku for sku, _ in ordered], "warehouses": [wh for _, wh in ordered]},
-        )
-
-
 async def add_reserved(session: AsyncSession, deltas: Mapping[tuple[str, str], int]) -> None:
     """reserved += delta per position; a positive delta is guarded against overselling."""
     for (sku, wh), delta in sorted(deltas.items()):
@@ -241,7 +221,6 @@ async def add_reserved(session: AsyncSession, deltas: Mapping[tuple[str, str], i
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise GuardViolated(f"reserved {delta:+d} refused for {sku}@{wh}")
-    await mark_dirty(session, deltas.keys())
 
 
 # --- reservations -----------------------------------------------------------------------
@@ -515,7 +494,6 @@ async def append_ledger(session: AsyncSession, movement: Movement) -> tuple[Any,
             .returning(ledger_entry)
         )
     ).one()
-    await mark_dirty(session, [(movement.sku, movement.warehouse)])
     return entry, position
 
 
@@ -754,7 +732,6 @@ async def add_reserved_many(session: AsyncSession, deltas: Mapping[tuple[str, st
     )
     if result.rowcount != len(items):  # type: ignore[attr-defined]
         raise GuardViolated(f"batched reserve refused on {len(items) - result.rowcount} rows")  # type: ignore[attr-defined]
-    await mark_dirty(session, [key for key, _ in items])
 
 
 # The three tables of a batch of reservations in one statement (one round trip).

@@ -165,7 +165,8 @@ reservation_hold = Table(
     CheckConstraint("quantity > 0", name="hold_quantity_positive"),
 )
 
-# Positions whose availability changed since the last AvailabilityChanged window.
+# Positions whose availability changed since the last AvailabilityChanged window: marked by
+# triggers on stock_position (migration 0006), so no writing path can forget it.
 availability_dirty = Table(
     "availability_dirty",
     metadata,

@@ -12,6 +12,7 @@ from chassis.schema import outbox
 from dwf.events.v1 import envelope_pb2
 from dwf.inventory.v1 import events_pb2
 from services.inventory.handlers import publish_availability_once
+from services.inventory.store.master_data import load_master_data
 from tests.integration.inventory.conftest import Inventory
 
 pytestmark = pytest.mark.integration
@@ -30,9 +31,9 @@ async def test_a_burst_of_holds_becomes_one_event_per_warehouse(inventory: Inven
         bodies = (
             (
                 await session.execute(
-                    select(outbox.c.body).where(
-                        outbox.c.event_type == "dwf.inventory.v1.AvailabilityChanged"
-                    )
+                    select(outbox.c.body)
+                    .where(outbox.c.event_type == "dwf.inventory.v1.AvailabilityChanged")
+                    .order_by(outbox.c.position)  # not heap order: the relay updates rows
                 )
             )
             .scalars()
@@ -51,3 +52,48 @@ async def test_a_burst_of_holds_becomes_one_event_per_warehouse(inventory: Inven
     assert latest == {"EAST-1": 0, "WEST-1": 20}  # 30 from EAST-1 first, then 10 from WEST-1
     # 2 receipts + 40 holds changed availability 42 times; far fewer events carried it.
     assert events_for_sku < 42 / 2
+
+
+async def _latest_published_level(inventory: Inventory, sku: str, warehouse: str) -> int | None:
+    """The available quantity of the newest AvailabilityChanged naming sku@warehouse."""
+    runtime = inventory.app.runtime
+    while await publish_availability_once(runtime):
+        pass
+    async with runtime.sessions() as session:
+        bodies = (
+            await session.scalars(
+                select(outbox.c.body)
+                .where(outbox.c.event_type == "dwf.inventory.v1.AvailabilityChanged")
+                .order_by(outbox.c.position.desc())
+            )
+        ).all()
+    for body in bodies:
+        payload = events_pb2.AvailabilityChanged()
+        envelope_pb2.EventEnvelope.FromString(body).payload.Unpack(payload)
+        for level in payload.entries:
+            if (level.sku, level.warehouse_id) == (sku, warehouse):
+                return level.available
+    return None
+
+
+async def test_every_kind_of_position_change_is_announced(inventory: Inventory) -> None:
+    """A safety stock set by master data (a new position, then an existing one), a receipt
+    and a hold each change availability, and each is announced."""
+    (sku,) = await inventory.new_skus()
+    runtime = inventory.app.runtime
+
+    async def safety_stock(quantity: int) -> None:
+        async with runtime.sessions.begin() as session:
+            await load_master_data(
+                session,
+                {"safety_stock": [{"sku": sku, "warehouse": "EAST-1", "quantity": quantity}]},
+            )
+
+    await safety_stock(2)
+    assert await _latest_published_level(inventory, sku, "EAST-1") == -2
+    await inventory.receive(sku, "EAST-1", 30)
+    assert await _latest_published_level(inventory, sku, "EAST-1") == 28
+    await inventory.hold([(sku, 5)])
+    assert await _latest_published_level(inventory, sku, "EAST-1") == 23
+    await safety_stock(0)
+    assert await _latest_published_level(inventory, sku, "EAST-1") == 25
