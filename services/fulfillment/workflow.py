@@ -164,9 +164,9 @@ class Workflow:
 
     async def _order_and_shipment(self, task: Task) -> tuple[store.OrderRow, fpb.Shipment]:
         """The order and the shipment a posting step (subject: shipment id) works on."""
-        async with self.runtime.sessions() as session:
-            row = await store.load_order(session, task.order_id)
-            shipped = await store.load_shipment(session, task.subject_id)
+        async with self.runtime.reads.connect() as reader:
+            row = await store.load_order(reader, task.order_id)
+            shipped = await store.load_shipment(reader, task.subject_id)
         assert row is not None and shipped is not None
         return row, shipped
 
@@ -260,8 +260,8 @@ class Workflow:
     # --- steps -----------------------------------------------------------------------------
 
     async def book_erp(self, task: Task) -> None:
-        async with self.runtime.sessions() as session:
-            row = await store.load_order(session, task.order_id)
+        async with self.runtime.reads.connect() as reader:
+            row = await store.load_order(reader, task.order_id)
         assert row is not None
         order = row.order
         currency = next(
@@ -328,8 +328,8 @@ class Workflow:
         await schedule(session, task.order_id, "ALLOCATE", task.order_id)
 
     async def allocate(self, task: Task) -> None:
-        async with self.runtime.sessions() as session:
-            row = await store.load_order(session, task.order_id)
+        async with self.runtime.reads.connect() as reader:
+            row = await store.load_order(reader, task.order_id)
         assert row is not None
         substitutable = {line.line_id for line in row.order.lines if line.substitution_allowed}
         lines = [
@@ -398,9 +398,9 @@ class Workflow:
         await store.save_order(session, row.order.order_id, lines=lines)
 
     async def release(self, task: Task) -> None:
-        async with self.runtime.sessions() as session:
-            row = await store.load_order(session, task.order_id)
-            fo = await store.load_fulfillment_order(session, task.subject_id)
+        async with self.runtime.reads.connect() as reader:
+            row = await store.load_order(reader, task.order_id)
+            fo = await store.load_fulfillment_order(reader, task.subject_id)
         assert row is not None and fo is not None
         released = await self._external(
             self.connectors.wms.release(
@@ -472,8 +472,8 @@ class Workflow:
     async def ack_check(self, task: Task) -> None:
         """The acknowledgement SLA ran out: re-send (idempotent at the WMS) a few times, then
         hand it to an operator."""
-        async with self.runtime.sessions() as session:
-            fo = await store.load_fulfillment_order(session, task.subject_id)
+        async with self.runtime.reads.connect() as reader:
+            fo = await store.load_fulfillment_order(reader, task.subject_id)
         assert fo is not None
         if fo.state != "RELEASED":
             await self.engine.finish(task)
@@ -497,8 +497,8 @@ class Workflow:
 
     async def stock_shipment(self, task: Task) -> None:
         """The shipped quantity leaves inventory's books (SHIPMENT ledger entries)."""
-        async with self.runtime.sessions() as session:
-            shipped = await store.load_shipment(session, task.subject_id)
+        async with self.runtime.reads.connect() as reader:
+            shipped = await store.load_shipment(reader, task.subject_id)
         assert shipped is not None
         for line in shipped.lines:
             await self._inventory(
@@ -644,15 +644,15 @@ class Workflow:
     async def cancel(self, task: Task) -> None:
         """Cancel what has not been released at once (stock back, ERP order canceled when
         nothing is left); ask the WMS for what has been released; refuse what has shipped."""
-        async with self.runtime.sessions() as session:
-            row = await store.load_order(session, task.order_id)
-            document = await session.scalar(
+        async with self.runtime.reads.connect() as reader:
+            row = await store.load_order(reader, task.order_id)
+            document = await reader.scalar(
                 select(cancellation.c.document).where(
                     cancellation.c.cancellation_id == task.subject_id
                 )
             )
-            orders = await store.fulfillment_orders_of(session, task.order_id)
-            busy = await session.scalar(
+            orders = await store.fulfillment_orders_of(reader, task.order_id)
+            busy = await reader.scalar(
                 select(workflow_task.c.task_key).where(
                     workflow_task.c.order_id == task.order_id,
                     workflow_task.c.kind.in_(("BOOK_ERP", "ALLOCATE", "RELEASE")),
@@ -824,8 +824,8 @@ class Workflow:
         await self.engine.finish(task)
 
     async def erp_cancel(self, task: Task) -> None:
-        async with self.runtime.sessions() as session:
-            row = await store.load_order(session, task.order_id)
+        async with self.runtime.reads.connect() as reader:
+            row = await store.load_order(reader, task.order_id)
         assert row is not None
         await self._external(
             self.connectors.erp.cancel_sales_order(row.erp_order_number, "ORDER_CANCELED")
@@ -897,14 +897,14 @@ class Workflow:
     # --- returns -----------------------------------------------------------------------------
 
     async def _rma(
-        self, session: AsyncSession, rma_id: str, *, for_update: bool = False
+        self, reader: store.Reader, rma_id: str, *, for_update: bool = False
     ) -> fpb.ReturnAuthorization | None:
         query = select(return_authorization.c.document).where(
             return_authorization.c.rma_id == rma_id
         )
         if for_update:
             query = query.with_for_update()
-        document = await session.scalar(query)
+        document = await reader.scalar(query)
         return None if document is None else fpb.ReturnAuthorization.FromString(document)
 
     async def _save_rma(self, session: AsyncSession, rma: fpb.ReturnAuthorization) -> None:
@@ -979,8 +979,8 @@ class Workflow:
         await schedule(session, event.order_id, "RETURN", rma_id)
 
     async def announce_return(self, task: Task) -> None:
-        async with self.runtime.sessions() as session:
-            rma = await self._rma(session, task.subject_id)
+        async with self.runtime.reads.connect() as reader:
+            rma = await self._rma(reader, task.subject_id)
         assert rma is not None
         await self._external(
             self.connectors.wms.create_return(
@@ -1058,8 +1058,8 @@ class Workflow:
         )
 
     async def _receipt(self, subject: str) -> events_pb2.ReturnReceived:
-        async with self.runtime.sessions() as session:
-            document = await session.scalar(
+        async with self.runtime.reads.connect() as reader:
+            document = await reader.scalar(
                 select(wms_receipt.c.document).where(wms_receipt.c.subject == subject)
             )
         assert document is not None
@@ -1089,8 +1089,8 @@ class Workflow:
 
     async def credit_memo(self, task: Task) -> None:
         receipt = await self._receipt(task.subject_id)
-        async with self.runtime.sessions() as session:
-            row = await store.load_order(session, task.order_id)
+        async with self.runtime.reads.connect() as reader:
+            row = await store.load_order(reader, task.order_id)
         assert row is not None
         memo = await self._external(
             self.connectors.erp.create_credit_memo(
@@ -1320,10 +1320,10 @@ class Workflow:
         reservation, then inventory allocates the still-open quantity again without the
         warehouses that rejected this order. New allocations become fulfillment orders
         (released as usual); the rest is backordered or, with no warehouse left, reported."""
-        async with self.runtime.sessions() as session:
-            row = await store.load_order(session, task.order_id)
-            fo = await store.load_fulfillment_order(session, task.subject_id)
-            orders = await store.fulfillment_orders_of(session, task.order_id)
+        async with self.runtime.reads.connect() as reader:
+            row = await store.load_order(reader, task.order_id)
+            fo = await store.load_fulfillment_order(reader, task.subject_id)
+            orders = await store.fulfillment_orders_of(reader, task.order_id)
         assert row is not None and fo is not None
         excluded = sorted({o.warehouse_id for o in orders if o.state == "REJECTED"})
         # Substitute stock is given back rather than kept: the order's reservation holds the
@@ -1478,10 +1478,10 @@ class Workflow:
         allocated again without that warehouse. Request ids derive from the fulfillment order
         and its cumulative short quantities, so a re-run repeats nothing and a later short
         pick of the same order is a new operation."""
-        async with self.runtime.sessions() as session:
-            row = await store.load_order(session, task.order_id)
-            fo = await store.load_fulfillment_order(session, task.subject_id)
-            orders = await store.fulfillment_orders_of(session, task.order_id)
+        async with self.runtime.reads.connect() as reader:
+            row = await store.load_order(reader, task.order_id)
+            fo = await store.load_fulfillment_order(reader, task.subject_id)
+            orders = await store.fulfillment_orders_of(reader, task.order_id)
         assert row is not None and fo is not None
         todo = {
             line["line_id"]: int(line.get("short", 0)) - int(line.get("resourced", 0))
