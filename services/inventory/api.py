@@ -204,28 +204,42 @@ def domain_lines(lines: Sequence[pb.LineItem]) -> list[domain.Line]:
     return [domain.Line(line.line_id, line.sku, line.quantity) for line in lines]
 
 
-async def require_known_skus(
-    session: AsyncSession, skus: Sequence[str], field: str = "lines"
-) -> None:
-    known = await stock.known_skus(session, skus)
-    unknown = [
-        FieldViolation(f"{field}[{i}].sku", f"unknown SKU {sku!r}")
-        for i, sku in enumerate(skus)
-        if sku not in known
-    ]
-    if unknown:
-        raise InvalidArgument(unknown, reason="UNKNOWN_SKU")
+class KnownNames:
+    """SKUs and warehouse codes this process has seen exist, for validating requests.
+    Master data is upserted and never deleted, so a name once found stays valid: only a
+    name not seen yet costs a query (a refused one is asked again next time, in case it
+    was added meanwhile). Each replica learns on its own; nothing is shared or stale."""
 
+    def __init__(self) -> None:
+        self.skus: set[str] = set()
+        self.warehouses: set[str] = set()
 
-async def require_warehouses(session: AsyncSession, codes: Sequence[str], field: str) -> None:
-    known = await stock.warehouses_by_code(session)
-    unknown = [
-        FieldViolation(f"{field}[{i}]" if len(codes) > 1 else field, f"unknown warehouse {c!r}")
-        for i, c in enumerate(codes)
-        if c not in known
-    ]
-    if unknown:
-        raise InvalidArgument(unknown, reason="UNKNOWN_WAREHOUSE")
+    async def require_skus(
+        self, session: AsyncSession, skus: Sequence[str], field: str = "lines"
+    ) -> None:
+        missing = {sku for sku in skus if sku not in self.skus}
+        if missing:
+            self.skus |= await stock.known_skus(session, missing)
+        unknown = [
+            FieldViolation(f"{field}[{i}].sku", f"unknown SKU {sku!r}")
+            for i, sku in enumerate(skus)
+            if sku not in self.skus
+        ]
+        if unknown:
+            raise InvalidArgument(unknown, reason="UNKNOWN_SKU")
+
+    async def require_warehouses(
+        self, session: AsyncSession, codes: Sequence[str], field: str
+    ) -> None:
+        if any(code not in self.warehouses for code in codes):
+            self.warehouses |= set(await stock.warehouses_by_code(session))
+        unknown = [
+            FieldViolation(f"{field}[{i}]" if len(codes) > 1 else field, f"unknown warehouse {c!r}")
+            for i, c in enumerate(codes)
+            if c not in self.warehouses
+        ]
+        if unknown:
+            raise InvalidArgument(unknown, reason="UNKNOWN_WAREHOUSE")
 
 
 RANKINGS = {
@@ -394,6 +408,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         # Concurrent Reserves coalesce into one transaction (the hot-SKU path).
         # Warehouses are master data: the read path may see a change a few seconds late.
         self.warehouses = ExpiringValue(self._load_warehouses, ttl_seconds=5.0)
+        self.known = KnownNames()
         self.reserve_writer: Coalescer[
             tuple[pb.ReserveRequest, str | None, dict[str, str]], pb.ReserveResponse
         ] = Coalescer(self._reserve_batch, max_batch=128, writers=RESERVE_WRITERS)
@@ -815,7 +830,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         async def work(session: AsyncSession) -> pb.CommitReservationResponse:
             record, _ = await self._active_hold(session, request.reservation_id)
             lines = domain_lines(request.lines)
-            await require_known_skus(session, [line.sku for line in lines])
+            await self.known.require_skus(session, [line.sku for line in lines])
             if await stock.active_reservation_of(session, ORDER, request.order_id):
                 raise AlreadyExists(
                     "the order already has an active reservation",
@@ -922,7 +937,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         lines = domain_lines(request.lines)
         skus = [line.sku for line in lines]
         async with self.runtime.sessions() as session:
-            await require_known_skus(session, skus)
+            await self.known.require_skus(session, skus)
             policy = await alloc.policy_of(session, request.channel_id)
             ranked = await self._ranked_for(
                 session, request.channel_id, policy, ship_to_of(request)
@@ -983,7 +998,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
 
         async def work(session: AsyncSession) -> pb.AllocateResponse:
             lines = domain_lines(request.lines)
-            await require_known_skus(session, [line.sku for line in lines])
+            await self.known.require_skus(session, [line.sku for line in lines])
             configured = await alloc.policy_of(session, request.channel_id)
             policy = effective_policy(configured, request)
             ranked = await self._ranked_for(
@@ -1427,8 +1442,8 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         )
 
         async def work(session: AsyncSession) -> pb.RecordStockMovementResponse:
-            await require_known_skus(session, [request.sku], "sku")
-            await require_warehouses(session, [request.warehouse_id], "warehouse_id")
+            await self.known.require_skus(session, [request.sku], "sku")
+            await self.known.require_warehouses(session, [request.warehouse_id], "warehouse_id")
             existing = await stock.existing_movement(session, movement)
             if existing is not None:
                 rows = await stock.read_positions(session, [movement.sku], [movement.warehouse])
@@ -1555,8 +1570,8 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         v.raise_if_any()
 
         async def work(session: AsyncSession) -> pb.SetIncomingSupplyResponse:
-            await require_known_skus(session, [s.sku for s in request.supplies], "supplies")
-            await require_warehouses(
+            await self.known.require_skus(session, [s.sku for s in request.supplies], "supplies")
+            await self.known.require_warehouses(
                 session, [s.warehouse_id for s in request.supplies], "supplies"
             )
             answer = pb.SetIncomingSupplyResponse()
@@ -1612,8 +1627,8 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             )
             if stored is not None:  # a snapshot is reconciled at most once
                 return pb.ReconcileResponse(report=pb.ReconciliationReport.FromString(stored))
-            await require_warehouses(session, [request.warehouse_id], "warehouse_id")
-            await require_known_skus(session, [line.sku for line in request.lines])
+            await self.known.require_warehouses(session, [request.warehouse_id], "warehouse_id")
+            await self.known.require_skus(session, [line.sku for line in request.lines])
             taken_at = request.snapshot_taken_at.ToDatetime(UTC)
             wms = {line.sku: line.on_hand for line in request.lines}
             dwf = await stock.on_hand_as_of(
