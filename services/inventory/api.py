@@ -205,14 +205,16 @@ def domain_lines(lines: Sequence[pb.LineItem]) -> list[domain.Line]:
 
 
 class KnownNames:
-    """SKUs and warehouse codes this process has seen exist, for validating requests.
-    Master data is upserted and never deleted, so a name once found stays valid: only a
-    name not seen yet costs a query (a refused one is asked again next time, in case it
-    was added meanwhile). Each replica learns on its own; nothing is shared or stale."""
+    """SKUs and warehouse codes that exist, for validating requests. Master data is
+    upserted and never deleted, so a name once found stays valid: only a name not seen yet
+    costs a query (a refused one is asked again next time, in case it was added meanwhile).
+    Warehouse codes come from the service's warehouse snapshot, reloaded on a miss; SKUs
+    are too many to load whole, so each one is learned when first asked for. Each replica
+    learns on its own; nothing is shared or stale."""
 
-    def __init__(self) -> None:
+    def __init__(self, warehouses: ExpiringValue[dict[str, domain.Warehouse]]) -> None:
         self.skus: set[str] = set()
-        self.warehouses: set[str] = set()
+        self.warehouses = warehouses
 
     async def require_skus(
         self, session: AsyncSession, skus: Sequence[str], field: str = "lines"
@@ -228,15 +230,15 @@ class KnownNames:
         if unknown:
             raise InvalidArgument(unknown, reason="UNKNOWN_SKU")
 
-    async def require_warehouses(
-        self, session: AsyncSession, codes: Sequence[str], field: str
-    ) -> None:
-        if any(code not in self.warehouses for code in codes):
-            self.warehouses |= set(await stock.warehouses_by_code(session))
+    async def require_warehouses(self, codes: Sequence[str], field: str) -> None:
+        known = await self.warehouses.get()
+        if any(code not in known for code in codes):
+            self.warehouses.invalidate()
+            known = await self.warehouses.get()
         unknown = [
             FieldViolation(f"{field}[{i}]" if len(codes) > 1 else field, f"unknown warehouse {c!r}")
             for i, c in enumerate(codes)
-            if c not in self.warehouses
+            if c not in known
         ]
         if unknown:
             raise InvalidArgument(unknown, reason="UNKNOWN_WAREHOUSE")
@@ -408,7 +410,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         # Concurrent Reserves coalesce into one transaction (the hot-SKU path).
         # Warehouses are master data: the read path may see a change a few seconds late.
         self.warehouses = ExpiringValue(self._load_warehouses, ttl_seconds=5.0)
-        self.known = KnownNames()
+        self.known = KnownNames(self.warehouses)
         self.reserve_writer: Coalescer[
             tuple[pb.ReserveRequest, str | None, dict[str, str]], pb.ReserveResponse
         ] = Coalescer(self._reserve_batch, max_batch=128, writers=RESERVE_WRITERS)
@@ -1443,7 +1445,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
 
         async def work(session: AsyncSession) -> pb.RecordStockMovementResponse:
             await self.known.require_skus(session, [request.sku], "sku")
-            await self.known.require_warehouses(session, [request.warehouse_id], "warehouse_id")
+            await self.known.require_warehouses([request.warehouse_id], "warehouse_id")
             existing = await stock.existing_movement(session, movement)
             if existing is not None:
                 rows = await stock.read_positions(session, [movement.sku], [movement.warehouse])
@@ -1572,7 +1574,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
         async def work(session: AsyncSession) -> pb.SetIncomingSupplyResponse:
             await self.known.require_skus(session, [s.sku for s in request.supplies], "supplies")
             await self.known.require_warehouses(
-                session, [s.warehouse_id for s in request.supplies], "supplies"
+                [s.warehouse_id for s in request.supplies], "supplies"
             )
             answer = pb.SetIncomingSupplyResponse()
             for s in request.supplies:
@@ -1627,7 +1629,7 @@ class InventoryService(inventory_pb2_grpc.InventoryServiceServicer):
             )
             if stored is not None:  # a snapshot is reconciled at most once
                 return pb.ReconcileResponse(report=pb.ReconciliationReport.FromString(stored))
-            await self.known.require_warehouses(session, [request.warehouse_id], "warehouse_id")
+            await self.known.require_warehouses([request.warehouse_id], "warehouse_id")
             await self.known.require_skus(session, [line.sku for line in request.lines])
             taken_at = request.snapshot_taken_at.ToDatetime(UTC)
             wms = {line.sku: line.on_hand for line in request.lines}

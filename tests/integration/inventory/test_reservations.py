@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from dwf.inventory.v1 import inventory_pb2 as pb
 from services.inventory.handlers import sweep_expired_holds_once
+from services.inventory.store.master_data import load_master_data
 from services.inventory.store.tables import ledger_entry, reservation
 from tests.integration.harness import eventually
 from tests.integration.inventory.conftest import Inventory, seconds
@@ -189,6 +190,38 @@ async def test_release_part_then_all_then_again(inventory: Inventory) -> None:
     assert again.reservation.state == pb.RESERVATION_STATE_RELEASED
     level = await inventory.level(sku, "EAST-1")
     assert (level.reserved, level.available) == (0, 10)
+
+
+async def test_a_warehouse_added_after_a_refusal_is_usable_at_once(inventory: Inventory) -> None:
+    """Validation answers known warehouse codes from the service's snapshot and reloads it
+    on a miss: an unknown code is refused naming its field and writes nothing, and once the
+    warehouse is added the same movement is taken without waiting for the snapshot to age."""
+    (sku,) = await inventory.new_skus()
+    code = f"LAB-{uuid.uuid4().hex[:6]}"
+    await inventory.receive(sku, "EAST-1", 1)  # the snapshot is loaded and holds EAST-1
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await inventory.receive(sku, code, 5)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    violations = details(refused.value)["BadRequest"].field_violations  # type: ignore[attr-defined]
+    assert [v.field for v in violations] == ["warehouse_id"]
+    async with inventory.app.runtime.sessions.begin() as session:
+        await load_master_data(
+            session,
+            {
+                "warehouses": [
+                    # Serving a channel of its own, so no other test's sourcing sees it.
+                    {
+                        "code": code,
+                        "region_code": "US",
+                        "postal_code": "10001",
+                        "priority": 9,
+                        "channels": [f"lab-{code}"],
+                    }
+                ]
+            },
+        )
+    await inventory.receive(sku, code, 5)
+    assert (await inventory.level(sku, code)).on_hand == 5  # the refused receipt wrote nothing
 
 
 async def test_bad_input_is_refused_with_field_paths_and_writes_nothing(
