@@ -59,6 +59,8 @@ DUPLICATE_WINDOW_SECONDS = 120.0
 STREAM_MAX_AGE_SECONDS = 7 * 24 * 3600.0
 
 Handler = Callable[[AsyncSession, envelope_pb2.EventEnvelope], Awaitable[None]]
+# Names the row an event's handler locks (e.g. "order:<id>"), to order a batch by.
+LockKey = Callable[[envelope_pb2.EventEnvelope], str]
 
 
 async def connect(
@@ -124,6 +126,10 @@ class ConsumerSpec:
     stream: str
     subjects: Sequence[str]
     handler: Handler
+    # When given, a batch is applied in the order of this key, stably (one key's events
+    # keep their delivery order). Batches of other consumers or replicas that lock the same
+    # rows then take their locks in one global order and queue instead of deadlocking.
+    lock_key: LockKey | None = None
 
 
 class Consumer:
@@ -214,6 +220,8 @@ class Consumer:
             decoded.append((msg, envelope, attempt))
         if not decoded:
             return
+        if self.spec.lock_key is not None and len(decoded) > 1:
+            decoded.sort(key=lambda item: self._lock_key(item[1]))
         # A redelivered event failed before (or its ack was lost): it goes one at a time,
         # so a poison event does not make the whole batch run twice on every delivery.
         fresh = [item for item in decoded if item[2] == 1]
@@ -236,6 +244,13 @@ class Consumer:
             await self._apply_one(*(fresh or again)[0])
         elif fresh or again:
             await self._apply_each([*fresh, *again])
+
+    def _lock_key(self, envelope: envelope_pb2.EventEnvelope) -> str:
+        assert self.spec.lock_key is not None
+        try:
+            return self.spec.lock_key(envelope)
+        except Exception:  # the handler reports what is wrong with the event
+            return ""
 
     async def _apply_one(
         self, msg: Msg, envelope: envelope_pb2.EventEnvelope, attempt: int

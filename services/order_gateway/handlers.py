@@ -175,6 +175,24 @@ async def apply_order_event(
     await store.save_order(session, order, pending_backorder=pending, view_state=state)
 
 
+def locked_row(envelope: envelope_pb2.EventEnvelope) -> str:
+    """The row apply_order_event locks for an event: a hold (reservation events of holds,
+    and every commitment) or an order. The order consumers apply a batch in this order, so
+    the inventory and fulfillment consumers (and replicas) lock the order view's rows in
+    one global order and never deadlock over two orders."""
+    payload = unpack(envelope)
+    if payload is None:
+        return ""
+    if isinstance(payload, RESERVATION_EVENTS):
+        reservation = payload.reservation
+        if reservation.owner.type == inv.RESERVATION_OWNER_TYPE_ORDER and not isinstance(
+            payload, inventory_events.ReservationCommitted
+        ):
+            return f"order:{reservation.owner.owner_id}"
+        return f"hold:{reservation.reservation_id}"
+    return f"order:{order_id_of(payload)}"
+
+
 def confirm_backorders(
     order: pb.Order, pending: dict[str, int], event: inventory_events.BackorderCreated
 ) -> None:
@@ -212,6 +230,7 @@ def consumers(runtime: Runtime) -> Sequence[ConsumerSpec]:
                 subject_for("inventory", t.DESCRIPTOR.full_name) for t in INVENTORY_ORDER_EVENTS
             ],
             handler=order_events,
+            lock_key=locked_row,
         ),
         ConsumerSpec(
             durable=FULFILLMENT_DURABLE,
@@ -221,6 +240,7 @@ def consumers(runtime: Runtime) -> Sequence[ConsumerSpec]:
                 for t in view.FULFILLMENT_EVENTS_TAKEN
             ],
             handler=order_events,
+            lock_key=locked_row,
         ),
     )
 
