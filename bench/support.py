@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,3 +185,33 @@ async def run_load_cpu(
     before = cpu_seconds(pids)
     load = await run_load(call, total, in_flight)
     return load, (cpu_seconds(pids) - before) / total * 1e6
+
+
+async def alternating(
+    sides: Sequence[tuple[Callable[[int], Awaitable[object]], list[int]]],
+    total: int,
+    in_flight: int,
+    rounds: int = 2,
+) -> list[tuple[Load, float]]:
+    """``run_load_cpu`` of each (call, server pids) side, ``total`` calls each, split into
+    ``rounds`` parts run in turn (a, b, a, b): a machine that speeds up or slows down
+    meanwhile affects every side alike. Returns each side's merged load and CPU per call."""
+    parts: list[list[tuple[Load, float]]] = [[] for _ in sides]
+    for _ in range(rounds):
+        for index, (call, pids) in enumerate(sides):
+            parts[index].append(await run_load_cpu(call, total // rounds, in_flight, pids))
+    merged: list[tuple[Load, float]] = []
+    for runs in parts:
+        loads = [load for load, _ in runs]
+        merged.append(
+            (
+                Load(
+                    sum(load.requests for load in loads),
+                    sum(load.seconds for load in loads),
+                    [ms for load in loads for ms in load.latencies_ms],
+                    sum(load.errors for load in loads),
+                ),
+                statistics.mean(cpu for _, cpu in runs),
+            )
+        )
+    return merged
