@@ -136,6 +136,31 @@ def _consumer(
     return bus.Consumer(spec, service=CONSUMER, js=runtime.js, sessions=runtime.sessions, **options)  # type: ignore[arg-type]
 
 
+async def _publish_copies(
+    producer: Runtime, subject: str, envelopes: Sequence[envelope_pb2.EventEnvelope]
+) -> None:
+    """The envelopes again on a test's own subject, after the relay sent the originals, so
+    a consumer of that subject sees exactly these, in this order."""
+    await OutboxRelay(producer.engine, producer.js, PRODUCER).relay_batch()  # leave none behind
+    for envelope in envelopes:
+        await producer.js.publish(
+            subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": f"copy-{envelope.id}"}
+        )
+
+
+def _batch_sizes(consumer: bus.Consumer) -> list[int]:
+    """The sizes of the batches the consumer goes on to process, in order."""
+    sizes: list[int] = []
+    original_batch = consumer.process_batch
+
+    async def counted(messages: Sequence[object]) -> None:
+        sizes.append(len(messages))
+        await original_batch(messages)  # type: ignore[arg-type]
+
+    consumer.process_batch = counted  # type: ignore[method-assign,assignment]
+    return sizes
+
+
 class Running:
     def __init__(self, consumer: bus.Consumer) -> None:
         self.stop = asyncio.Event()
@@ -358,21 +383,10 @@ async def test_one_failing_event_in_a_batch_leaves_the_others_applied_once(
     # A subject of this test's own, so the six events are all the consumer sees.
     subject = f"dwf.{PRODUCER}.batch_test_{uuid.uuid4().hex[:8]}.v1"
     envelopes = [await _record(producer, aggregate) for aggregate in [*good[:2], bad, *good[2:]]]
-    await OutboxRelay(producer.engine, producer.js, PRODUCER).relay_batch()  # leave none behind
-    for envelope in envelopes:
-        await producer.js.publish(
-            subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": f"copy-{envelope.id}"}
-        )
+    await _publish_copies(producer, subject, envelopes)
     handler = Recorder(fail_for={bad})
     consumer = _consumer(consumer_runtime, handler, subject, max_deliver=2)
-    batches: list[int] = []
-    original_batch = consumer.process_batch
-
-    async def counted(messages: Sequence[object]) -> None:
-        batches.append(len(messages))
-        await original_batch(messages)  # type: ignore[arg-type]
-
-    consumer.process_batch = counted  # type: ignore[method-assign,assignment]
+    batches = _batch_sizes(consumer)
 
     async def dead_lettered() -> object:
         async with consumer_runtime.engine.connect() as conn:
@@ -409,11 +423,7 @@ async def test_a_batch_is_applied_in_lock_key_order_keeping_each_keys_own_order(
     a, b, c = (f"order-{letter}-{uuid.uuid4()}" for letter in "abc")
     subject = f"dwf.{PRODUCER}.lock_order_test_{uuid.uuid4().hex[:8]}.v1"
     envelopes = [await _record(producer, aggregate) for aggregate in [c, a, b, a, c, a]]
-    await OutboxRelay(producer.engine, producer.js, PRODUCER).relay_batch()  # leave none behind
-    for envelope in envelopes:
-        await producer.js.publish(
-            subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": f"copy-{envelope.id}"}
-        )
+    await _publish_copies(producer, subject, envelopes)
     applied: list[str] = []
     handler = Recorder()
 
@@ -425,14 +435,7 @@ async def test_a_batch_is_applied_in_lock_key_order_keeping_each_keys_own_order(
     consumer.spec = dataclasses.replace(
         consumer.spec, handler=recording, lock_key=lambda envelope: envelope.aggregate_id
     )
-    batches: list[int] = []
-    original_batch = consumer.process_batch
-
-    async def counted(messages: Sequence[object]) -> None:
-        batches.append(len(messages))
-        await original_batch(messages)  # type: ignore[arg-type]
-
-    consumer.process_batch = counted  # type: ignore[method-assign,assignment]
+    batches = _batch_sizes(consumer)
 
     async def all_applied() -> bool:
         return len(applied) == 6
