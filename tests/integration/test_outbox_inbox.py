@@ -304,10 +304,12 @@ async def test_redelivery_after_committed_effect_is_a_no_op(
 ) -> None:
     """The effect commits but the ack is lost (crash): the redelivery must change nothing."""
     aggregate = f"order-{uuid.uuid4()}"
-    await _record(producer, aggregate)
-    await OutboxRelay(producer.engine, producer.js, PRODUCER).relay_batch()
+    # On a subject of its own: the first delivery, whose ack is lost, must be this event,
+    # not an older one other tests left on the shared subject.
+    subject = f"dwf.{PRODUCER}.redelivery_test_{uuid.uuid4().hex[:8]}.v1"
+    await _publish_copies(producer, subject, [await _record(producer, aggregate)])
     handler = Recorder()
-    consumer = _consumer(consumer_runtime, handler)
+    consumer = _consumer(consumer_runtime, handler, subject)
     deliveries: list[int] = []
     original_batch = consumer.process_batch
 
@@ -326,9 +328,12 @@ async def test_redelivery_after_committed_effect_is_a_no_op(
 
         async def settled() -> bool:
             info = await consumer_runtime.js.consumer_info(STREAM, consumer.spec.durable)
-            return bool(info.num_ack_pending == 0 and info.num_redelivered == 0)
+            return bool(
+                info.num_pending == 0 and info.num_ack_pending == 0 and info.num_redelivered == 0
+            )
 
         await eventually(settled, what="the redelivery to be acked")
+    assert deliveries == [1, 2]  # this event, its ack lost, then its redelivery
     assert await _effects(consumer_runtime, aggregate) == 1
     assert handler.calls.count(aggregate) == 1
 
